@@ -1,0 +1,147 @@
+"""Every name, label, annotation, data key, mount path and port of the project, and the tenant key prefix.
+
+The one source: builders, the job, the guard and the tests import these; nothing else spells them.
+Pure: no I/O, no settings lookup (values that an operator may change arrive as arguments).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# --- The API ---------------------------------------------------------------------------------------------------
+GROUP: Final = "etcd.xmudrii.com"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "EtcdStorage"
+PLURAL: Final = "etcdstorages"
+
+# --- Defaults shared with the original project ----------------------------------------------------------------
+DEFAULT_CONTROLLER_NAMESPACE: Final = "kube-apiserver-storage"
+CORE_CA_CONFIGMAP: Final = "etcd-coreserving-ca"
+CORE_CERT_SECRET: Final = "etcd-coreserving-cert"
+
+# --- Data keys ----------------------------------------------------------------------------------------------------
+CORE_CA_KEY: Final = "ca.crt"
+CLIENT_CA_KEY: Final = "client-ca.crt"
+SERVING_CA_KEY: Final = "serving-ca.crt"
+TLS_CRT: Final = "tls.crt"
+TLS_KEY: Final = "tls.key"
+
+# --- Ports ----------------------------------------------------------------------------------------------------------
+ETCD_PORT: Final = 2379
+ETCD_PORT_NAME: Final = "etcd"
+PROXY_PORT: Final = 23790  # grpc-proxy, on 127.0.0.1 only: reachable from the guard, from nothing else
+PROXY_METRICS_PORT: Final = 23791  # grpc-proxy /health and /proxy/health, on 127.0.0.1 only
+GUARD_HEALTH_PORT: Final = 8080  # plain-HTTP probes served by the guard; no etcd RPC goes through it
+GUARD_HEALTH_PORT_NAME: Final = "health"
+
+# --- Mount paths (the original's for the proxy material; the guard's own beside them) ------------------------------
+CORE_CA_DIR: Final = "/etc/coreetcd-certs/ca"
+CORE_CLIENT_DIR: Final = "/etc/coreetcd-certs/client"
+CLIENT_CA_DIR: Final = "/etc/etcdproxy-certs/ca"
+SERVER_CERT_DIR: Final = "/etc/etcdproxy-certs/server"
+GUARD_CONFIG_DIR: Final = "/etc/etcdstorage-guard"
+GUARD_CONFIG_FILE: Final = "nginx.conf"
+GUARD_RUN_DIR: Final = "/tmp"  # emptyDir: pid file and nginx temp paths under a read-only root filesystem
+
+# --- Objects in the controller namespace that are not per tenant ----------------------------------------------------
+GUARD_CONFIGMAP: Final = "etcdstorage-guard"
+PROXY_SERVICE_ACCOUNT: Final = "etcdstorage-proxy"
+
+# --- Labels and annotations -------------------------------------------------------------------------------------
+LABEL_APISERVER: Final = "apiserver"  # the original's selector label; kept so its Deployments are adopted in place
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+PART_OF: Final = "etcdstorage"
+PROXY_APP: Final = "etcd-proxy"
+MANAGED_BY_HOOK: Final = "etcdstorage-hook"
+MANAGED_BY_JOB: Final = "etcdstorage-cert-rotation"
+
+# Written by the job on <N>-ca-cert, read by the hook (which never sees a Secret).
+ANNOTATION_CERTIFICATES: Final = f"{GROUP}/certificates"  # JSON: notBefore/notAfter/renewalTime per certificate
+ANNOTATION_CERTIFICATES_HASH: Final = f"{GROUP}/certificates-hash"  # digest of everything the proxy pod mounts
+ANNOTATION_CORE_CERT_PROBLEM: Final = f"{GROUP}/core-client-certificate-problem"  # "" when fine
+# The original's annotations on the Secrets it wrote, kept on ours for tools that read them.
+ANNOTATION_EXPIRY_DATE: Final = f"{GROUP}/certificate-expiry-date"
+ANNOTATION_SIGNED_BY: Final = f"{GROUP}/certificate-signed-by"
+# On the pod template: a change rolls the proxies (nginx and grpc-proxy read their files only at start).
+ANNOTATION_GUARD_CONFIG_HASH: Final = f"{GROUP}/guard-config-hash"
+
+# --- Per tenant ---------------------------------------------------------------------------------------------------
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_DNS_LABEL: Final = 63
+PROXY_NAME_PREFIX: Final = "etcd-"
+MAX_NAME_LENGTH: Final = MAX_DNS_LABEL - len(PROXY_NAME_PREFIX)  # 58: etcd-<N> is a Service name
+
+DEFAULT_PREFIX_ROOT: Final = "etcdstorage"
+# With the original layout (root "/") a tenant named like these would see another system's keys in the core etcd.
+RESERVED_NAMES: Final = frozenset(
+    {"registry", "calico", "cilium", "coreos", "flannel", "kubernetes", "openshift", "skydns", "traefik"}
+)
+
+
+def proxy_name(tenant: str) -> str:
+    """The Deployment, Service and PodDisruptionBudget of a tenant's proxies."""
+    return f"{PROXY_NAME_PREFIX}{tenant}"
+
+
+def server_cert_secret(tenant: str) -> str:
+    return f"{tenant}-server-cert"
+
+
+def client_ca_configmap(tenant: str) -> str:
+    return f"{tenant}-ca-cert"
+
+
+def signer_secret(tenant: str) -> str:
+    return f"{tenant}-signer"
+
+
+def service_hosts(tenant: str, namespace: str, cluster_domain: str) -> list[str]:
+    """DNS names under which the proxies serve; every one is a SAN of the serving certificate."""
+    name = proxy_name(tenant)
+    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.{cluster_domain}"]
+
+
+def endpoint(tenant: str, namespace: str) -> str:
+    return f"https://{proxy_name(tenant)}.{namespace}.svc:{ETCD_PORT}"
+
+
+def key_prefix(tenant: str, root: str = DEFAULT_PREFIX_ROOT) -> str:
+    """The tenant's etcd key prefix: `/<root>/<N>/`, or the original's `/<N>/` when root is `/`.
+
+    Leading and trailing slashes keep `a` and `a-b` apart; the name is immutable, so the prefix is too.
+    """
+    parts = [part for part in root.split("/") if part]
+    return "/" + "".join(f"{part}/" for part in parts) + f"{tenant}/"
+
+
+def selector_labels(tenant: str) -> dict[str, str]:
+    """The Deployment selector: immutable, and the original's, so its Deployments are updated in place."""
+    return {LABEL_APISERVER: tenant}
+
+
+def proxy_labels(tenant: str) -> dict[str, str]:
+    return {
+        LABEL_APISERVER: tenant,
+        LABEL_NAME: PROXY_APP,
+        LABEL_INSTANCE: tenant,
+        LABEL_COMPONENT: "proxy",
+        LABEL_PART_OF: PART_OF,
+        LABEL_MANAGED_BY: MANAGED_BY_HOOK,
+    }
+
+
+def certificate_labels(tenant: str) -> dict[str, str]:
+    return {
+        LABEL_APISERVER: tenant,
+        LABEL_NAME: PROXY_APP,
+        LABEL_INSTANCE: tenant,
+        LABEL_COMPONENT: "certificates",
+        LABEL_PART_OF: PART_OF,
+        LABEL_MANAGED_BY: MANAGED_BY_JOB,
+    }

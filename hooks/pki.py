@@ -1,0 +1,200 @@
+"""Certificates and keys: issue CAs and leaves, encode and parse PEM. Pure but for the OS's random numbers.
+
+Time is an argument (`now`); nothing here reads a clock, the environment or the network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from datetime import datetime, timedelta
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hooks.spec import KeyAlgorithm
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+# A second of backdating absorbs clock skew between the issuer and the first verifier.
+BACKDATE: Final = timedelta(seconds=1)
+_RSA_SIZES: Final = {KeyAlgorithm.RSA_2048: 2048, KeyAlgorithm.RSA_3072: 3072, KeyAlgorithm.RSA_4096: 4096}
+
+
+class PEMError(ValueError):
+    """PEM data that does not hold what it should."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyPair:
+    cert: x509.Certificate
+    key: PrivateKey
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return encode_key(self.key)
+
+
+def new_key(algorithm: KeyAlgorithm) -> PrivateKey:
+    if algorithm is KeyAlgorithm.ECDSA_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_SIZES[algorithm])
+
+
+def key_algorithm(key: object) -> KeyAlgorithm | None:
+    """The algorithm of a public or private key, or None for one we never issue."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return KeyAlgorithm.ECDSA_P256 if isinstance(key.curve, ec.SECP256R1) else None
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return {2048: KeyAlgorithm.RSA_2048, 3072: KeyAlgorithm.RSA_3072, 4096: KeyAlgorithm.RSA_4096}.get(key.key_size)
+    return None
+
+
+def new_ca(common_name: str, *, now: datetime, validity: timedelta, algorithm: KeyAlgorithm) -> KeyPair:
+    """A self-signed CA that may sign leaves only (path length 0)."""
+    key = new_key(algorithm)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (
+        _base(subject, key, now=now, not_after=now + validity)
+        .issuer_name(subject)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+    )
+    return KeyPair(builder.sign(key, _hash(key)), key)
+
+
+def new_server_cert(
+    ca: KeyPair, hosts: list[str], *, now: datetime, validity: timedelta, algorithm: KeyAlgorithm
+) -> KeyPair:
+    """A serving certificate for `hosts` (DNS names or IP addresses); it never outlives its CA."""
+    key = new_key(algorithm)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    builder = _leaf(ca, subject, key, now=now, validity=validity).add_extension(
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+    )
+    builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(host) for host in hosts]), critical=False)
+    return KeyPair(builder.sign(ca.key, _hash(ca.key)), key)
+
+
+def new_client_cert(
+    ca: KeyPair,
+    common_name: str | None,
+    *,
+    now: datetime,
+    validity: timedelta,
+    algorithm: KeyAlgorithm,
+    organization: str | None = None,
+) -> KeyPair:
+    """A client certificate; `common_name=None` gives an empty CN, as etcd's grpc-proxy demands upstream."""
+    key = new_key(algorithm)
+    attributes = []
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    if common_name:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    builder = _leaf(ca, x509.Name(attributes), key, now=now, validity=validity).add_extension(
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+    )
+    return KeyPair(builder.sign(ca.key, _hash(ca.key)), key)
+
+
+def encode_key(key: PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def encode_certs(certs: list[x509.Certificate]) -> bytes:
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certs)
+
+
+def parse_certs(data: bytes | str) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle; raises `PEMError` for anything else or nothing at all."""
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        certs = x509.load_pem_x509_certificates(raw)
+    except ValueError:
+        raise PEMError("not a PEM certificate bundle") from None
+    return certs
+
+
+def parse_key(data: bytes | str) -> PrivateKey:
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        key = serialization.load_pem_private_key(raw, password=None)
+    except (ValueError, TypeError):
+        raise PEMError("not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise PEMError("not an ECDSA or RSA private key")
+    return key
+
+
+def dns_names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name) for name in san.get_values_for_type(x509.DNSName)] + [
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def is_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, x509.InvalidSignature):
+        return False
+    return True
+
+
+def _base(subject: x509.Name, key: PrivateKey, *, now: datetime, not_after: datetime) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())  # 159 bits of entropy
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
+def _leaf(ca: KeyPair, subject: x509.Name, key: PrivateKey, *, now: datetime, validity: timedelta) -> x509.CertificateBuilder:
+    not_after = min(now + validity, ca.cert.not_valid_after_utc)  # a leaf never outlives its CA
+    return (
+        _base(subject, key, now=now, not_after=not_after)
+        .issuer_name(ca.cert.subject)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False, rsa=isinstance(key, rsa.RSAPrivateKey)), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+    )
+
+
+def _key_usage(*, cert_sign: bool, rsa: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=rsa,  # RSA key exchange only; meaningless for ECDSA
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _hash(key: PrivateKey) -> hashes.HashAlgorithm:
+    return hashes.SHA256()
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)

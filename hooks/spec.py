@@ -1,0 +1,201 @@
+"""An EtcdStorage object, checked and typed: the one place that decides what a valid tenant is.
+
+The CRD refuses the same things at admission (manifests/crd.yaml); the hook and the job check again because
+they never trust input. Pure: raises `InvalidSpec` naming every offending field, never returns half a spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, Final
+
+from hooks import durations, names
+
+MIN_VALIDITY: Final = timedelta(minutes=10)
+MIN_RENEW_BEFORE: Final = timedelta(minutes=1)
+# Defaults for fields the original required; manifests written for it always set them, so nothing changes there.
+DEFAULT_SIGNING_VALIDITY: Final = "8760h"
+DEFAULT_SERVING_VALIDITY: Final = "730h"
+DEFAULT_CLIENT_VALIDITY: Final = "730h"
+MAX_REPLICAS: Final = 50
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class KeyAlgorithm(enum.StrEnum):
+    ECDSA_P256 = "ECDSAP256"
+    RSA_2048 = "RSA2048"
+    RSA_3072 = "RSA3072"
+    RSA_4096 = "RSA4096"
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Destination:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class InvalidSpec(ValueError):
+    """The EtcdStorage cannot be served as it is; `problems` says why, field by field."""
+
+    def __init__(self, name: str, problems: list[Problem]) -> None:
+        self.name = name
+        self.problems = problems
+        super().__init__(f"EtcdStorage {name!r} is invalid: " + "; ".join(str(p) for p in problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class EtcdStorage:
+    name: str
+    uid: str
+    generation: int
+    ca_cert_configmaps: tuple[Destination, ...]
+    client_cert_secrets: tuple[Destination, ...]
+    signing_validity: timedelta
+    serving_validity: timedelta
+    client_validity: timedelta
+    key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
+    replicas: int | None = None  # None: the operator's default (settings)
+    renew_before: timedelta | None = None  # None: a third of each certificate's lifetime
+
+
+def name_problems(name: object) -> list[str]:
+    """Why `name` cannot name an EtcdStorage (empty when it can)."""
+    if not isinstance(name, str) or not name:
+        return ["must be a non-empty string"]
+    problems = []
+    if len(name) > names.MAX_NAME_LENGTH:
+        problems.append(
+            f"must be at most {names.MAX_NAME_LENGTH} characters so that the Service "
+            f"'{names.PROXY_NAME_PREFIX}<name>' fits 63 (it has {len(name)})"
+        )
+    if not names.DNS_LABEL.match(name):
+        problems.append("must be a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric (no dots)")
+    if name in names.RESERVED_NAMES:
+        problems.append(f"{name!r} is reserved: its key prefix could overlap another system's data in the core etcd")
+    return problems
+
+
+def parse(obj: Mapping[str, Any]) -> EtcdStorage:
+    """Check an EtcdStorage object (as Kubernetes serves it) and return it typed, or raise `InvalidSpec`."""
+    metadata = obj.get("metadata")
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    name = metadata.get("name")
+    problems = [Problem("metadata.name", message) for message in name_problems(name)]
+    spec = obj.get("spec")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        problems.append(Problem("spec", "must be an object"))
+        spec = {}
+
+    def validity(field: str, default: str) -> timedelta | None:
+        raw = spec.get(field)
+        try:
+            value = durations.parse(default if raw is None else raw)
+        except durations.DurationError as error:
+            problems.append(Problem(f"spec.{field}", str(error)))
+            return None
+        if value < MIN_VALIDITY:
+            problems.append(Problem(f"spec.{field}", f"must be at least {durations.format(MIN_VALIDITY)}, got {raw!r}"))
+            return None
+        return value
+
+    signing = validity("signingCertificateValidity", DEFAULT_SIGNING_VALIDITY)
+    serving = validity("servingCertificateValidity", DEFAULT_SERVING_VALIDITY)
+    client = validity("clientCertificateValidity", DEFAULT_CLIENT_VALIDITY)
+    if signing is not None:
+        for field, leaf in (("servingCertificateValidity", serving), ("clientCertificateValidity", client)):
+            if leaf is not None and leaf > signing:
+                problems.append(
+                    Problem(f"spec.{field}", "must not be longer than spec.signingCertificateValidity: a certificate never outlives its CA")
+                )
+
+    configmaps = _destinations(spec, "caCertConfigMap", problems)
+    secrets = _destinations(spec, "clientCertSecret", problems)
+
+    algorithm = KeyAlgorithm.ECDSA_P256
+    raw_algorithm = spec.get("keyAlgorithm")
+    if raw_algorithm is not None:
+        try:
+            algorithm = KeyAlgorithm(raw_algorithm)
+        except ValueError:
+            allowed = ", ".join(a.value for a in KeyAlgorithm)
+            problems.append(Problem("spec.keyAlgorithm", f"must be one of {allowed}, got {raw_algorithm!r}"))
+
+    replicas = spec.get("replicas")
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS):
+        problems.append(Problem("spec.replicas", f"must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}"))
+        replicas = None
+
+    renew_before = None
+    if spec.get("renewBefore") is not None:
+        try:
+            renew_before = durations.parse(spec["renewBefore"])
+        except durations.DurationError as error:
+            problems.append(Problem("spec.renewBefore", str(error)))
+        else:
+            shortest = min((v for v in (signing, serving, client) if v is not None), default=None)
+            if renew_before < MIN_RENEW_BEFORE:
+                problems.append(Problem("spec.renewBefore", f"must be at least {durations.format(MIN_RENEW_BEFORE)}"))
+            elif shortest is not None and renew_before >= shortest:
+                problems.append(Problem("spec.renewBefore", "must be shorter than every certificate validity"))
+
+    uid = metadata.get("uid", "")
+    generation = metadata.get("generation", 0)
+    if problems:
+        raise InvalidSpec(name if isinstance(name, str) else "", problems)
+    assert signing is not None and serving is not None and client is not None and isinstance(name, str)
+    return EtcdStorage(
+        name=name,
+        uid=uid if isinstance(uid, str) else "",
+        generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else 0,
+        ca_cert_configmaps=configmaps,
+        client_cert_secrets=secrets,
+        signing_validity=signing,
+        serving_validity=serving,
+        client_validity=client,
+        key_algorithm=algorithm,
+        replicas=replicas,
+        renew_before=renew_before,
+    )
+
+
+def _destinations(spec: Mapping[str, Any], field: str, problems: list[Problem]) -> tuple[Destination, ...]:
+    raw = spec.get(field)
+    if raw is None:  # the original's Go clients send null for an unset list
+        return ()
+    if not isinstance(raw, list):
+        problems.append(Problem(f"spec.{field}", "must be a list of {name, namespace}"))
+        return ()
+    found: set[Destination] = set()
+    for index, item in enumerate(raw):
+        where = f"spec.{field}[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(Problem(where, "must be an object with name and namespace"))
+            continue
+        name, namespace = item.get("name"), item.get("namespace")
+        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+            problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {name!r}"))
+            continue
+        if not isinstance(namespace, str) or not names.DNS_LABEL.match(namespace) or len(namespace) > names.MAX_DNS_LABEL:
+            problems.append(Problem(f"{where}.namespace", f"must be a namespace name (a DNS label), got {namespace!r}"))
+            continue
+        found.add(Destination(namespace=namespace, name=name))
+    return tuple(sorted(found))
