@@ -46,7 +46,8 @@ def parse(text: str) -> timedelta:
         match = _PART.match(body, position)
         if match is None or match.group(1) in ("", "."):
             raise DurationError(
-                f"invalid duration {text!r}: expected numbers with units ns, us, ms, s, m or h, such as '730h' or '1h30m'"
+                f"invalid duration {text!r}: expected numbers with units ns, us, ms, s, m or h, "
+                "such as '730h' or '1h30m'"
             )
         total += Decimal(match.group(1)) * _UNIT_NANOSECONDS[match.group(2)]
         position = match.end()

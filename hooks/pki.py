@@ -1,20 +1,23 @@
-"""Certificates and keys: issue CAs and leaves, encode and parse PEM. Pure but for the OS's random numbers.
+"""Certificates and keys: issue CAs and leaves, parse PEM, check chains. Pure but for the OS's random numbers.
 
-Time is an argument (`now`); nothing here reads a clock, the environment or the network.
+Time is an argument (`now`); nothing here reads a clock, the environment or the network. Nothing here logs: the
+values handled are key material.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from hooks.report import rfc3339
 from hooks.spec import KeyAlgorithm
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -60,8 +63,9 @@ def new_ca(common_name: str, *, now: datetime, validity: timedelta, algorithm: K
     """A self-signed CA that may sign leaves only (path length 0)."""
     key = new_key(algorithm)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    start = _whole_seconds(now)
     builder = (
-        _base(subject, key, now=now, not_after=now + validity)
+        _base(subject, key, start=start, not_after=start + _whole(validity))
         .issuer_name(subject)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
@@ -74,12 +78,15 @@ def new_server_cert(
     ca: KeyPair, hosts: list[str], *, now: datetime, validity: timedelta, algorithm: KeyAlgorithm
 ) -> KeyPair:
     """A serving certificate for `hosts` (DNS names or IP addresses); it never outlives its CA."""
+    if not hosts:
+        raise ValueError("a serving certificate needs at least one host name")
     key = new_key(algorithm)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    builder = _leaf(ca, subject, key, now=now, validity=validity).add_extension(
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+    builder = (
+        _leaf(ca, subject, key, now=now, validity=validity)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(host) for host in hosts]), critical=False)
     )
-    builder = builder.add_extension(x509.SubjectAlternativeName([_general_name(host) for host in hosts]), critical=False)
     return KeyPair(builder.sign(ca.key, _hash(ca.key)), key)
 
 
@@ -105,8 +112,13 @@ def new_client_cert(
     return KeyPair(builder.sign(ca.key, _hash(ca.key)), key)
 
 
+# --- Encoding -----------------------------------------------------------------------------------------------------
+
+
 def encode_key(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def encode_certs(certs: list[x509.Certificate]) -> bytes:
@@ -134,6 +146,18 @@ def parse_key(data: bytes | str) -> PrivateKey:
     return key
 
 
+def parse_pair(cert_pem: bytes, key_pem: bytes) -> KeyPair:
+    """The first certificate of `cert_pem` with its private key; `PEMError` when either is unreadable or they differ."""
+    cert = parse_certs(cert_pem)[0]
+    key = parse_key(key_pem)
+    if not same_public_key(cert, key):
+        raise PEMError("the private key does not belong to the certificate")
+    return KeyPair(cert, key)
+
+
+# --- Facts about certificates -------------------------------------------------------------------------------------
+
+
 def dns_names(cert: x509.Certificate) -> list[str]:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -144,30 +168,111 @@ def dns_names(cert: x509.Certificate) -> list[str]:
     ]
 
 
+def common_name(name: x509.Name) -> str | None:
+    values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(values[0].value) if values else None
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    der = serialization.Encoding.DER
+    info = serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(der, info) == key.public_key().public_bytes(der, info)
+
+
 def is_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, x509.InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
 
-def _base(subject: x509.Name, key: PrivateKey, *, now: datetime, not_after: datetime) -> x509.CertificateBuilder:
+def lifetime(cert: x509.Certificate) -> timedelta:
+    """How long the certificate was issued for, as asked of `new_*` (the backdating second left out)."""
+    return cert.not_valid_after_utc - cert.not_valid_before_utc - BACKDATE
+
+
+def client_chain_problems(chain: list[x509.Certificate], roots: list[x509.Certificate], now: datetime) -> list[str]:
+    """Why a TLS client presenting `chain` (leaf first) would be refused by a server trusting `roots`; empty if not.
+
+    Checks what Go's TLS stack checks for a client certificate: validity times, the clientAuth extended key usage and
+    a signature path to one of `roots` through the intermediates in `chain`.
+    """
+    leaf = chain[0]
+    problems = []
+    if now >= leaf.not_valid_after_utc:
+        problems.append(f"expired at {rfc3339(leaf.not_valid_after_utc)}")
+    elif now < leaf.not_valid_before_utc:
+        problems.append(f"not valid before {rfc3339(leaf.not_valid_before_utc)}")
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        pass  # no EKU extension: any use is allowed
+    else:
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+            problems.append("its extended key usage does not include clientAuth")
+    if not _chains_to(leaf, chain[1:], roots, now):
+        problems.append("it is not signed by a valid CA of the trusted bundle")
+    return problems
+
+
+def _chains_to(
+    cert: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate], now: datetime
+) -> bool:
+    def valid(ca: x509.Certificate) -> bool:
+        return ca.not_valid_before_utc <= now < ca.not_valid_after_utc
+
+    if any(valid(root) and is_signed_by(cert, root) for root in roots):
+        return True
+    for index, middle in enumerate(intermediates):
+        rest = intermediates[:index] + intermediates[index + 1 :]  # each intermediate once: no loops
+        if valid(middle) and is_signed_by(cert, middle) and _chains_to(middle, rest, roots, now):
+            return True
+    return False
+
+
+# --- Building -----------------------------------------------------------------------------------------------------
+
+
+def _whole_seconds(moment: datetime) -> datetime:
+    """X.509 times have whole seconds; issuing from whole seconds keeps computed and encoded times equal."""
+    if moment.tzinfo is None:
+        raise ValueError("times must be timezone-aware")
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def _whole(span: timedelta) -> timedelta:
+    return timedelta(seconds=int(span.total_seconds()))
+
+
+def _base(subject: x509.Name, key: PrivateKey, *, start: datetime, not_after: datetime) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())  # 159 bits of entropy
-        .not_valid_before(now - BACKDATE)
+        .not_valid_before(start - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
 
 
-def _leaf(ca: KeyPair, subject: x509.Name, key: PrivateKey, *, now: datetime, validity: timedelta) -> x509.CertificateBuilder:
-    not_after = min(now + validity, ca.cert.not_valid_after_utc)  # a leaf never outlives its CA
+def _leaf(
+    ca: KeyPair, subject: x509.Name, key: PrivateKey, *, now: datetime, validity: timedelta
+) -> x509.CertificateBuilder:
+    start = _whole_seconds(now)
+    not_after = min(start + _whole(validity), ca.cert.not_valid_after_utc)  # a leaf never outlives its CA
+    if not_after <= start:
+        raise ValueError("the CA has expired: it cannot issue a valid certificate")
     return (
-        _base(subject, key, now=now, not_after=not_after)
+        _base(subject, key, start=start, not_after=not_after)
         .issuer_name(ca.cert.subject)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False, rsa=isinstance(key, rsa.RSAPrivateKey)), critical=True)
@@ -189,8 +294,8 @@ def _key_usage(*, cert_sign: bool, rsa: bool = False) -> x509.KeyUsage:
     )
 
 
-def _hash(key: PrivateKey) -> hashes.HashAlgorithm:
-    return hashes.SHA256()
+def _hash(_key: PrivateKey) -> hashes.SHA256:
+    return hashes.SHA256()  # for both algorithms: P-256 pairs with SHA-256, and Go and OpenSSL accept it with RSA
 
 
 def _general_name(host: str) -> x509.GeneralName:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from hooks import names
 
@@ -22,9 +22,9 @@ CERTIFICATES: Final = ("servingCA", "clientCA", "servingCertificate", "clientCer
 class CertificateTimes(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    notBefore: datetime
-    notAfter: datetime
-    renewalTime: datetime
+    notBefore: AwareDatetime
+    notAfter: AwareDatetime
+    renewalTime: AwareDatetime
 
 
 class Report(BaseModel):
@@ -41,13 +41,17 @@ class ReportError(ValueError):
     """The annotations are there but do not parse: written by something else, or by hand."""
 
 
-def to_annotations(report: Report) -> dict[str, str]:
-    certificates = {
-        name: {key: _rfc3339(value) for key, value in times.model_dump().items()}
+def certificate_times(report: Report) -> dict[str, dict[str, str]]:
+    """The certificate times as Kubernetes prints times, sorted: for annotations and for status."""
+    return {
+        name: {key: rfc3339(value) for key, value in sorted(times.model_dump().items())}
         for name, times in sorted(report.certificates.items())
     }
+
+
+def to_annotations(report: Report) -> dict[str, str]:
     return {
-        names.ANNOTATION_CERTIFICATES: json.dumps(certificates, sort_keys=True, separators=(",", ":")),
+        names.ANNOTATION_CERTIFICATES: json.dumps(certificate_times(report), sort_keys=True, separators=(",", ":")),
         names.ANNOTATION_CERTIFICATES_HASH: report.hash,
         names.ANNOTATION_CORE_CERT_PROBLEM: report.core_certificate_problem,
     }
@@ -68,6 +72,6 @@ def from_annotations(annotations: Mapping[str, str]) -> Report | None:
         raise ReportError(f"annotation {names.ANNOTATION_CERTIFICATES} does not parse: {error}") from None
 
 
-def _rfc3339(value: datetime) -> str:
+def rfc3339(value: datetime) -> str:
     """UTC, whole seconds, `Z`: the form Kubernetes uses for times (and the original's expiry annotation)."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

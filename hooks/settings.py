@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Final
 
-from hooks import names
+from hooks import durations, names
 
 ENV_PREFIX: Final = "ETCDSTORAGE_"
 
@@ -32,6 +33,9 @@ class Settings:
     replicas: int = 3
     # Seconds until Metacontroller calls again while waiting for certificates or for proxies to become available.
     waiting_resync_seconds: int = 15
+    # Cert-rotation job: the least time a new CA stays published in the bundles before leaves are issued from it
+    # (at least a tenth of the CA's validity is used when that is longer; see hooks/rotation.py).
+    ca_propagation_delay: timedelta = timedelta(minutes=10)
 
 
 # Environment variable (without prefix) -> (field, parser).
@@ -55,6 +59,13 @@ def _dns_label(value: str) -> str:
     return value
 
 
+def _duration(value: str) -> timedelta:
+    parsed = durations.parse(value)
+    if parsed < timedelta(0):
+        raise ValueError("expected a duration that is not negative")
+    return parsed
+
+
 def _text(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -72,6 +83,7 @@ _PARSERS: Final = {
     "CLUSTER_DOMAIN": ("cluster_domain", _text),
     "REPLICAS": ("replicas", _positive_int),
     "WAITING_RESYNC_SECONDS": ("waiting_resync_seconds", _positive_int),
+    "CA_PROPAGATION_DELAY": ("ca_propagation_delay", _duration),
 }
 
 

@@ -86,7 +86,9 @@ def name_problems(name: object) -> list[str]:
             f"'{names.PROXY_NAME_PREFIX}<name>' fits 63 (it has {len(name)})"
         )
     if not names.DNS_LABEL.match(name):
-        problems.append("must be a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric (no dots)")
+        problems.append(
+            "must be a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric (no dots)"
+        )
     if name in names.RESERVED_NAMES:
         problems.append(f"{name!r} is reserved: its key prefix could overlap another system's data in the core etcd")
     return problems
@@ -124,7 +126,10 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
         for field, leaf in (("servingCertificateValidity", serving), ("clientCertificateValidity", client)):
             if leaf is not None and leaf > signing:
                 problems.append(
-                    Problem(f"spec.{field}", "must not be longer than spec.signingCertificateValidity: a certificate never outlives its CA")
+                    Problem(
+                        f"spec.{field}",
+                        "must not be longer than spec.signingCertificateValidity: a certificate never outlives its CA",
+                    )
                 )
 
     configmaps = _destinations(spec, "caCertConfigMap", problems)
@@ -140,7 +145,9 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
             problems.append(Problem("spec.keyAlgorithm", f"must be one of {allowed}, got {raw_algorithm!r}"))
 
     replicas = spec.get("replicas")
-    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS):
+    if replicas is not None and (
+        isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS
+    ):
         problems.append(Problem("spec.replicas", f"must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}"))
         replicas = None
 
@@ -161,7 +168,8 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
     generation = metadata.get("generation", 0)
     if problems:
         raise InvalidSpec(name if isinstance(name, str) else "", problems)
-    assert signing is not None and serving is not None and client is not None and isinstance(name, str)
+    if signing is None or serving is None or client is None or not isinstance(name, str):  # pragma: no cover
+        raise AssertionError("every unparsed field was reported as a problem")
     return EtcdStorage(
         name=name,
         uid=uid if isinstance(uid, str) else "",
@@ -194,7 +202,11 @@ def _destinations(spec: Mapping[str, Any], field: str, problems: list[Problem]) 
         if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
             problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {name!r}"))
             continue
-        if not isinstance(namespace, str) or not names.DNS_LABEL.match(namespace) or len(namespace) > names.MAX_DNS_LABEL:
+        if (
+            not isinstance(namespace, str)
+            or not names.DNS_LABEL.match(namespace)
+            or len(namespace) > names.MAX_DNS_LABEL
+        ):
             problems.append(Problem(f"{where}.namespace", f"must be a namespace name (a DNS label), got {namespace!r}"))
             continue
         found.add(Destination(namespace=namespace, name=name))

@@ -1,0 +1,182 @@
+"""The EtcdStorage status: computed from what was observed, never from what is about to be created.
+
+Deterministic for a given observation and `now` (Metacontroller re-syncs on every status write, so a value that
+changed on every call would loop). Pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from hooks import names, report
+from hooks.report import rfc3339
+from hooks.settings import Settings
+from hooks.spec import EtcdStorage
+
+READY: Final = "Ready"
+CERTIFICATES_READY: Final = "CertificatesReady"
+PROXY_AVAILABLE: Final = "ProxyAvailable"
+DEPLOYED: Final = "Deployed"  # the original's only condition, kept for tools written against it
+CONDITION_TYPES: Final = (READY, CERTIFICATES_READY, PROXY_AVAILABLE, DEPLOYED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What the request says exists, reduced to what status needs."""
+
+    deployment: Mapping[str, Any] | None
+    service: Mapping[str, Any] | None
+    certificates: report.Report | None
+    certificates_error: str = ""  # the report annotations exist but do not parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def compute(
+    tenant: EtcdStorage, observed: Observed, settings: Settings, *, previous: Any, now: datetime
+) -> dict[str, Any]:
+    desired_replicas = tenant.replicas if tenant.replicas is not None else settings.replicas
+    available = _available_replicas(observed.deployment)
+    certificates = _certificates_condition(tenant, observed, settings, now)
+    proxy = _proxy_condition(tenant, observed, available, desired_replicas)
+    deployed = _deployed_condition(tenant, observed)
+    conditions = [_ready_condition(certificates, proxy), certificates, proxy, deployed]
+    result: dict[str, Any] = {
+        "conditions": _with_transition_times(conditions, previous, now),
+        "endpoint": names.endpoint(tenant.name, settings.namespace),
+        "keyPrefix": names.key_prefix(tenant.name, settings.key_prefix_root),
+        "replicas": desired_replicas,
+        "availableReplicas": available,
+    }
+    if observed.certificates is not None:
+        result["certificates"] = report.certificate_times(observed.certificates)
+    return result
+
+
+def is_ready(status: Mapping[str, Any]) -> bool:
+    return any(c["type"] == READY and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def _available_replicas(deployment: Mapping[str, Any] | None) -> int:
+    if deployment is None:
+        return 0
+    value = (deployment.get("status") or {}).get("availableReplicas", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _certificates_condition(tenant: EtcdStorage, observed: Observed, settings: Settings, now: datetime) -> Condition:
+    where = f"{settings.namespace}/{names.client_ca_configmap(tenant.name)}"
+    if observed.certificates_error:
+        return Condition(
+            CERTIFICATES_READY, False, "CertificateReportUnreadable",
+            f"ConfigMap {where} carries an unreadable certificate report ({observed.certificates_error}); "
+            "the cert-rotation job rewrites it on its next run",
+        )  # fmt: skip
+    certificates = observed.certificates
+    if certificates is None:
+        return Condition(
+            CERTIFICATES_READY, False, "WaitingForCertificates",
+            f"waiting for the cert-rotation job to issue certificates into {where} and "
+            f"{settings.namespace}/{names.server_cert_secret(tenant.name)}; it runs every minute, "
+            "check the logs of the CronJob etcdstorage-cert-rotation if this persists",
+        )  # fmt: skip
+    if certificates.core_certificate_problem:
+        return Condition(
+            CERTIFICATES_READY, False, "CoreClientCertificateInvalid",
+            f"the core etcd client certificate in Secret {settings.namespace}/{settings.core_cert_secret} cannot "
+            f"work: {certificates.core_certificate_problem}",
+        )  # fmt: skip
+    expired = sorted(name for name, times in certificates.certificates.items() if times.notAfter <= now)
+    if expired:
+        return Condition(
+            CERTIFICATES_READY, False, "CertificateExpired",
+            f"expired: {', '.join(expired)}; the cert-rotation job has not renewed them, check its logs",
+        )  # fmt: skip
+    if not certificates.certificates:
+        return Condition(CERTIFICATES_READY, False, "WaitingForCertificates", f"{where} lists no certificates yet")
+    not_after = min(times.notAfter for times in certificates.certificates.values())
+    renewal = min(times.renewalTime for times in certificates.certificates.values())
+    return Condition(
+        CERTIFICATES_READY, True, "Issued",
+        f"all certificates valid; the first expires at {rfc3339(not_after)}, "
+        f"the next renewal is due at {rfc3339(renewal)}",
+    )  # fmt: skip
+
+
+def _proxy_condition(tenant: EtcdStorage, observed: Observed, available: int, desired: int) -> Condition:
+    if observed.deployment is None:
+        return Condition(
+            PROXY_AVAILABLE,
+            False,
+            "DeploymentNotFound",
+            f"Deployment {names.proxy_name(tenant.name)} does not exist yet",
+        )
+    if available == 0:
+        return Condition(
+            PROXY_AVAILABLE, False, "NoProxyAvailable",
+            f"0 of {desired} proxies available: pods wait for their certificates, or cannot reach the core etcd",
+        )  # fmt: skip
+    return Condition(PROXY_AVAILABLE, True, "ProxyAvailable", f"{available} of {desired} proxies available")
+
+
+def _deployed_condition(tenant: EtcdStorage, observed: Observed) -> Condition:
+    if observed.deployment is not None and observed.service is not None:
+        return Condition(DEPLOYED, True, "Deployed", "etcdproxy Deployment and Service are created")
+    return Condition(
+        DEPLOYED, False, "Creating", f"waiting for Deployment and Service {names.proxy_name(tenant.name)} to be created"
+    )
+
+
+def _ready_condition(*parts: Condition) -> Condition:
+    for part in parts:
+        if not part.status:
+            return Condition(READY, False, part.reason, part.message)
+    return Condition(READY, True, "Ready", "the proxies serve the tenant's prefix with valid certificates")
+
+
+def _with_transition_times(conditions: list[Condition], previous: Any, now: datetime) -> list[dict[str, str]]:
+    """Standard conditions; lastTransitionTime carried over from the previous status while `status` holds."""
+    before: dict[str, Mapping[str, Any]] = {}
+    if isinstance(previous, Mapping) and isinstance(previous.get("conditions"), list):
+        before = {
+            c["type"]: c for c in previous["conditions"] if isinstance(c, Mapping) and isinstance(c.get("type"), str)
+        }
+    result = []
+    for condition in conditions:
+        status = "True" if condition.status else "False"
+        old = before.get(condition.type, {})
+        carried = old.get("lastTransitionTime")
+        since = (
+            carried
+            if isinstance(carried, str) and old.get("status") == status and _is_rfc3339(carried)
+            else rfc3339(now)
+        )
+        result.append(
+            {
+                "type": condition.type,
+                "status": status,
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastTransitionTime": since,
+            }
+        )
+    return result
+
+
+def _is_rfc3339(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True

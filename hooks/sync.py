@@ -1,0 +1,96 @@
+"""The sync and customize hooks as pure functions: observed EtcdStorage and children in, desired state out.
+
+No clock, environment or network: `now` and `settings` are arguments. Raises `spec.InvalidSpec` for an object it
+refuses; the HTTP edge turns that into a 422 so that Metacontroller keeps the existing children.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+from hooks import children, guard, names, report, spec, status
+from hooks.settings import Settings
+from hooks.wire import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    SERVICES,
+    CustomizeRequest,
+    CustomizeResponse,
+    ObjectMap,
+    RelatedResourceRule,
+    SyncRequest,
+    SyncResponse,
+)
+
+# While healthy, wake up at the latest when this much time has passed, to notice certificates nearing expiry.
+MAX_RESYNC_SECONDS: Final = 3600.0
+
+
+def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncResponse:
+    tenant = spec.parse(request.parent.model_dump())
+    observed = _observe(request, tenant.name, settings)
+    # Status describes what was observed, before the desired state is built.
+    current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)
+    desired = children.desired(
+        tenant, settings, certificates_hash=_certificates_hash(observed), guard_hash=guard.config_hash()
+    )
+    return SyncResponse(
+        status=current,
+        children=desired,
+        resyncAfterSeconds=_resync_after(current, observed, settings, now),
+        finalized=True if request.finalizing else None,
+    )
+
+
+def customize(request: CustomizeRequest, settings: Settings) -> CustomizeResponse:
+    """Ask for the tenant's `<N>-ca-cert`, where the job reports; never for a Secret."""
+    name = request.parent.metadata.get("name")
+    problems = spec.name_problems(name)
+    if problems:
+        raise spec.InvalidSpec(str(name or ""), [spec.Problem("metadata.name", p) for p in problems])
+    assert isinstance(name, str)
+    rule = RelatedResourceRule(
+        apiVersion="v1", resource="configmaps", namespace=settings.namespace, names=[names.client_ca_configmap(name)]
+    )
+    return CustomizeResponse(relatedResources=[rule])
+
+
+def _observe(request: SyncRequest, tenant: str, settings: Settings) -> status.Observed:
+    key = f"{settings.namespace}/{names.proxy_name(tenant)}"
+    configmap = _find(request.related, CONFIGMAPS, f"{settings.namespace}/{names.client_ca_configmap(tenant)}")
+    certificates, error = None, ""
+    if configmap is not None:
+        annotations = (configmap.get("metadata") or {}).get("annotations") or {}
+        try:
+            certificates = report.from_annotations(annotations)
+        except report.ReportError as failure:
+            error = str(failure)
+    return status.Observed(
+        deployment=_find(request.children, DEPLOYMENTS, key),
+        service=_find(request.children, SERVICES, key),
+        certificates=certificates,
+        certificates_error=error,
+    )
+
+
+def _find(objects: dict[str, ObjectMap], kind: str, key: str) -> dict[str, Any] | None:
+    found = objects.get(kind, {}).get(key)
+    return found if isinstance(found, dict) else None
+
+
+def _certificates_hash(observed: status.Observed) -> str | None:
+    """The job's current hash; without a readable report, the one the pods run with now (no needless roll)."""
+    if observed.certificates is not None:
+        return observed.certificates.hash
+    template = ((observed.deployment or {}).get("spec") or {}).get("template") or {}
+    carried = (template.get("metadata") or {}).get("annotations", {}).get(names.ANNOTATION_CERTIFICATES_HASH)
+    return carried if isinstance(carried, str) else None
+
+
+def _resync_after(current: dict[str, Any], observed: status.Observed, settings: Settings, now: datetime) -> float:
+    if not status.is_ready(current):
+        return float(settings.waiting_resync_seconds)
+    assert observed.certificates is not None  # ready implies a report
+    first_expiry = min(times.notAfter for times in observed.certificates.certificates.values())
+    return max(1.0, min(MAX_RESYNC_SECONDS, (first_expiry - now).total_seconds()))

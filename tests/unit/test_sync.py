@@ -1,0 +1,266 @@
+"""The sync hook as a pure function: desired children and status from what Metacontroller observed."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hooks import guard, names, report, sync
+from hooks.settings import Settings
+from hooks.spec import InvalidSpec
+from hooks.wire import CustomizeRequest, SyncRequest
+from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage, sync_request
+from tests.support.reports import related, report_for
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+SETTINGS = Settings()
+NS = SETTINGS.namespace
+
+
+def run(request: dict[str, Any], now: datetime = NOW, settings: Settings = SETTINGS) -> dict[str, Any]:
+    return sync.sync(SyncRequest.model_validate(request), settings, now).model_dump(exclude_none=True)
+
+
+def kinds(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {child["kind"]: child for child in answer["children"]}
+
+
+def condition(answer: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in answer["status"]["conditions"] if c["type"] == kind)
+
+
+def observed_deployment(answer: dict[str, Any], available: int) -> dict[str, Any]:
+    deployment = copy.deepcopy(kinds(answer)["Deployment"])
+    deployment["metadata"].update(uid="d-1", resourceVersion="7", generation=1)
+    deployment["status"] = {"replicas": 3, "availableReplicas": available, "readyReplicas": available}
+    return deployment
+
+
+def with_children(request: dict[str, Any], answer: dict[str, Any], available: int = 3) -> dict[str, Any]:
+    key = f"{NS}/{names.proxy_name(request['parent']['metadata']['name'])}"
+    request = copy.deepcopy(request)
+    request["children"]["Deployment.apps/v1"] = {key: observed_deployment(answer, available)}
+    request["children"]["Service.v1"] = {key: kinds(answer)["Service"]}
+    return request
+
+
+def test_a_new_object_gets_its_deployment_service_and_disruption_budget_in_the_controller_namespace() -> None:
+    answer = run(sync_request(ORIGINAL_EXAMPLE))
+    assert [
+        (c["apiVersion"], c["kind"], c["metadata"]["namespace"], c["metadata"]["name"]) for c in answer["children"]
+    ] == [
+        ("apps/v1", "Deployment", NS, "etcd-sample-apiserver"),
+        ("v1", "Service", NS, "etcd-sample-apiserver"),
+        ("policy/v1", "PodDisruptionBudget", NS, "etcd-sample-apiserver"),
+    ]
+
+
+def test_a_new_object_waits_for_certificates_and_asks_to_be_called_again_soon() -> None:
+    answer = run(sync_request(ORIGINAL_EXAMPLE))
+    ready = condition(answer, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "WaitingForCertificates")
+    assert "sample-apiserver-ca-cert" in ready["message"]
+    assert answer["resyncAfterSeconds"] == SETTINGS.waiting_resync_seconds
+    assert answer["status"]["endpoint"] == "https://etcd-sample-apiserver.kube-apiserver-storage.svc:2379"
+    assert answer["status"]["keyPrefix"] == "/etcdstorage/sample-apiserver/"
+
+
+def test_the_proxy_container_confines_the_tenant_to_its_prefix_and_listens_on_loopback_only() -> None:
+    pod = kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["template"]["spec"]
+    proxy = next(c for c in pod["containers"] if c["name"] == "proxy")
+    assert proxy["command"] == ["/usr/local/bin/etcd", "grpc-proxy", "start"]
+    assert "--namespace=/etcdstorage/sample-apiserver/" in proxy["args"]
+    assert f"--listen-addr=127.0.0.1:{names.PROXY_PORT}" in proxy["args"]
+    assert "--endpoints=https://etcd-svc-1.etcd.svc:2379" in proxy["args"]
+    assert not proxy.get("ports"), "the grpc-proxy must not be reachable from outside the pod"
+
+
+def test_the_guard_alone_is_exposed_with_tls_material_of_this_tenant() -> None:
+    pod = kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["template"]["spec"]
+    guard_container = next(c for c in pod["containers"] if c["name"] == "guard")
+    assert {p["containerPort"] for p in guard_container["ports"]} == {names.ETCD_PORT, names.GUARD_HEALTH_PORT}
+    mounts = {m["mountPath"]: m["name"] for m in guard_container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[names.SERVER_CERT_DIR]]["secret"]["secretName"] == "sample-apiserver-server-cert"
+    assert volumes[mounts[names.CLIENT_CA_DIR]]["configMap"]["name"] == "sample-apiserver-ca-cert"
+    assert volumes[mounts[names.GUARD_CONFIG_DIR]]["configMap"]["name"] == names.GUARD_CONFIGMAP
+    assert guard_container["readinessProbe"]["httpGet"]["port"] == names.GUARD_HEALTH_PORT_NAME
+
+
+def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities_or_api_token() -> None:
+    pod = kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert container["resources"]["requests"]
+
+
+def test_children_carry_only_fields_the_hook_owns() -> None:
+    for child in run(sync_request(ORIGINAL_EXAMPLE))["children"]:
+        assert "status" not in child
+        assert "ownerReferences" not in child["metadata"]
+        assert "clusterIP" not in child.get("spec", {})
+
+
+def test_replicas_default_to_three_and_follow_the_spec() -> None:
+    assert kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["replicas"] == 3
+    assert kinds(run(sync_request(etcdstorage(replicas=5))))["Deployment"]["spec"]["replicas"] == 5
+
+
+def test_certificates_reported_by_the_job_are_stamped_on_the_pod_template_and_shown_in_status() -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, digest="h1")))
+    )
+    answer = run(request)
+    template = kinds(answer)["Deployment"]["spec"]["template"]["metadata"]
+    assert template["annotations"][names.ANNOTATION_CERTIFICATES_HASH] == "h1"
+    assert template["annotations"][names.ANNOTATION_GUARD_CONFIG_HASH] == guard.config_hash()
+    assert answer["status"]["certificates"]["servingCertificate"]["notAfter"] == "2026-12-21T22:00:00Z"
+    assert condition(answer, "CertificatesReady")["status"] == "True"
+
+
+def test_a_ready_tenant_reports_ready_and_available_replicas() -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
+    )
+    answer = run(with_children(request, run(request), available=2))
+    assert condition(answer, "Ready")["status"] == "True"
+    assert condition(answer, "ProxyAvailable")["message"] == "2 of 3 proxies available"
+    assert condition(answer, "Deployed")["status"] == "True"
+    assert answer["status"]["availableReplicas"] == 2
+    assert answer["resyncAfterSeconds"] == sync.MAX_RESYNC_SECONDS
+
+
+def test_no_available_proxy_is_not_ready() -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
+    )
+    answer = run(with_children(request, run(request), available=0))
+    assert (condition(answer, "Ready")["status"], condition(answer, "Ready")["reason"]) == ("False", "NoProxyAvailable")
+
+
+def test_without_a_report_the_pods_keep_the_hash_they_run_with() -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, digest="h1")))
+    )
+    with_pods = with_children(request, run(request))
+    with_pods["related"] = {"ConfigMap.v1": {}}
+    template = kinds(run(with_pods))["Deployment"]["spec"]["template"]["metadata"]
+    assert template["annotations"][names.ANNOTATION_CERTIFICATES_HASH] == "h1"
+
+
+def test_an_unreadable_report_is_a_condition_not_an_error_and_the_hash_is_kept() -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, digest="h1")))
+    )
+    with_pods = with_children(request, run(request))
+    with_pods["related"] = related(
+        "sample-apiserver", {names.ANNOTATION_CERTIFICATES_HASH: "h2", names.ANNOTATION_CERTIFICATES: "{"}
+    )
+    answer = run(with_pods)
+    assert condition(answer, "CertificatesReady")["reason"] == "CertificateReportUnreadable"
+    assert (
+        kinds(answer)["Deployment"]["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CERTIFICATES_HASH]
+        == "h1"
+    )
+
+
+def test_a_core_client_certificate_with_a_common_name_is_a_clear_condition() -> None:
+    problem = "its subject has a Common Name (CN=client); etcd's grpc-proxy requires an empty CN"
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, problem=problem)))
+    )
+    certificates = condition(run(request), "CertificatesReady")
+    assert certificates["reason"] == "CoreClientCertificateInvalid"
+    assert "etcd-coreserving-cert" in certificates["message"]
+    assert problem in certificates["message"]
+
+
+def test_expired_certificates_are_shown_even_when_the_job_is_gone() -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
+    )
+    later = NOW + timedelta(hours=731)
+    certificates = condition(run(request, now=later), "CertificatesReady")
+    assert certificates["reason"] == "CertificateExpired"
+    assert "servingCertificate" in certificates["message"]
+
+
+def test_transition_times_carry_over_while_a_condition_holds_and_change_when_it_flips() -> None:
+    request = sync_request(ORIGINAL_EXAMPLE)
+    first = run(request)
+    request["parent"] = {**request["parent"], "status": first["status"]}
+    later = NOW + timedelta(minutes=5)
+    second = run(request, now=later)
+    assert second["status"] == first["status"], "an unchanged observation must give the same status (no hot loop)"
+    request["related"] = related("sample-apiserver", report.to_annotations(report_for(NOW)))
+    third = run(request, now=later)
+    assert condition(third, "CertificatesReady")["lastTransitionTime"] == "2026-11-21T12:05:00Z"
+    assert condition(third, "Deployed")["lastTransitionTime"] == "2026-11-21T12:00:00Z"
+
+
+def test_a_garbled_previous_status_is_replaced_not_trusted() -> None:
+    garbled = {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "yesterday"}, "junk", {}]}
+    request = sync_request({**ORIGINAL_EXAMPLE, "status": garbled})
+    assert condition(run(request), "Ready")["lastTransitionTime"] == "2026-11-21T12:00:00Z"
+
+
+def test_finalizing_keeps_every_child_and_says_finalized() -> None:
+    answer = run(sync_request(ORIGINAL_EXAMPLE, finalizing=True))
+    assert answer["finalized"] is True
+    assert len(answer["children"]) == 3
+
+
+def test_an_invalid_spec_raises_instead_of_answering_with_fewer_children() -> None:
+    with pytest.raises(InvalidSpec, match="reserved"):
+        run(sync_request(etcdstorage("registry")))
+
+
+def test_operator_settings_reach_the_children() -> None:
+    settings = Settings(
+        namespace="storage", core_etcd_urls=("https://a:2379", "https://b:2379"), key_prefix_root="/", replicas=2
+    )
+    answer = run(sync_request(ORIGINAL_EXAMPLE), settings=settings)
+    deployment = kinds(answer)["Deployment"]
+    proxy = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "proxy")
+    assert "--endpoints=https://a:2379,https://b:2379" in proxy["args"]
+    assert "--namespace=/sample-apiserver/" in proxy["args"]
+    assert deployment["metadata"]["namespace"] == "storage"
+    assert deployment["spec"]["replicas"] == 2
+
+
+def test_customize_asks_for_the_tenants_ca_configmap_only() -> None:
+    answer = sync.customize(CustomizeRequest.model_validate({"parent": ORIGINAL_EXAMPLE}), SETTINGS)
+    assert answer.model_dump() == {
+        "relatedResources": [
+            {"apiVersion": "v1", "resource": "configmaps", "namespace": NS, "names": ["sample-apiserver-ca-cert"]}
+        ]
+    }
+
+
+valid_names = st.from_regex(r"[a-z]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True).filter(
+    lambda n: n not in names.RESERVED_NAMES
+)
+
+
+@given(valid_names, st.integers(min_value=1, max_value=50), st.sampled_from(["ECDSAP256", "RSA2048"]))
+def test_selectors_match_the_pod_labels_and_output_is_deterministic(name: str, replicas: int, algorithm: str) -> None:
+    request = sync_request(etcdstorage(name, replicas=replicas, keyAlgorithm=algorithm))
+    answer = run(request)
+    assert answer == run(copy.deepcopy(request))
+    pod_labels = kinds(answer)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    for child in answer["children"]:
+        selector = child["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        assert selector.items() <= pod_labels.items()
+        assert len(child["metadata"]["name"]) <= 63
