@@ -71,10 +71,10 @@ def wrk(url: str, connections: int, seconds: int, body_file: Path) -> dict[str, 
         f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
     )
     threads = 1 if connections == 1 else 2
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
     result = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
-    )  # fmt: skip
+        [*command, "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 30, check=True
+    )
     if "Non-2xx" in result.stdout:
         raise RuntimeError(f"the server answered errors under load:\n{result.stdout}")
     latency = {p: float(v) * UNITS[u] for p, v, u in WRK_LATENCY.findall(result.stdout)}
@@ -95,8 +95,16 @@ def under_load(concurrency: list[int], seconds: int) -> list[list[object]]:
                 results[name] = {c: wrk(f"http://127.0.0.1:{port}/sync", c, seconds, body_file) for c in concurrency}
         for c in concurrency:
             base, hook = results["baseline"][c], results["hook"][c]
-            rows.append([c, f"{hook['rps']:.0f}", f"{base['rps']:.0f}", f"{hook['rps'] / base['rps']:.2f}",
-                         f"{hook['p50']:.2f}", f"{hook['p99']:.2f}", f"{base['p50']:.2f}", f"{base['p99']:.2f}"])  # fmt: skip
+            figures = [
+                hook["rps"],
+                base["rps"],
+                hook["rps"] / base["rps"],
+                hook["p50"],
+                hook["p99"],
+                base["p50"],
+                base["p99"],
+            ]
+            rows.append([c, *(f"{value:.2f}" if value < 100 else f"{value:.0f}" for value in figures)])
     return rows
 
 
