@@ -1,0 +1,172 @@
+"""The cert-rotation job's access to Kubernetes: the only module that imports the `kubernetes` client.
+
+Thin: objects go in and come out as plain dicts exactly as the API server serves them (Secret data base64), and
+failures become `ApiError` subclasses by HTTP status. No retries and no decisions here; `hooks.job` makes them.
+Error messages are redacted so that nothing the API server echoes (it may quote a field value) reaches a log as is.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import kubernetes.client
+import kubernetes.config
+import urllib3
+
+from hooks import names
+
+REQUEST_TIMEOUT: Final = (5.0, 30.0)  # seconds to connect, seconds to read
+LIST_PAGE: Final = 250
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{40,}")  # base64 runs and the like: never echoed
+_MAX_MESSAGE: Final = 300
+
+
+class Kind(enum.StrEnum):
+    CONFIGMAP = "ConfigMap"
+    SECRET = "Secret"
+
+
+_PATHS: Final = {Kind.CONFIGMAP: "configmaps", Kind.SECRET: "secrets"}
+
+
+class ApiError(Exception):
+    """The API server refused or failed a request."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = _redact(message)
+        super().__init__(f"{status} {reason}: {self.message}")
+
+
+class NotFoundError(ApiError):
+    """404."""
+
+
+class ForbiddenError(ApiError):
+    """403: the job's ServiceAccount lacks a permission."""
+
+
+class ConflictError(ApiError):
+    """409: a stale resourceVersion on update, or AlreadyExists on create. Re-read and try again."""
+
+
+class Api(Protocol):
+    """What the job needs of Kubernetes. `Kubernetes` implements it; the tests' fake does too."""
+
+    def list_etcdstorages(self) -> list[dict[str, Any]]:
+        """Every EtcdStorage object of the cluster."""
+        ...
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        ...
+
+    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create; `ConflictError` when it already exists."""
+        ...
+
+    def replace(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Update the whole object; `body` carries the resourceVersion it was read at (`ConflictError` if stale)."""
+        ...
+
+
+class Kubernetes:
+    """`Api` over the real API server."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self._client = client
+
+    def list_etcdstorages(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = f"?limit={LIST_PAGE}" + (f"&continue={quote(token)}" if token else "")
+            page = self._request("GET", f"/apis/{names.GROUP}/{names.VERSION}/{names.PLURAL}{query}")
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._request("GET", _path(kind, namespace, name))
+        except NotFoundError:
+            return None
+
+    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._request("POST", _path(kind, namespace), dict(body))
+
+    def replace(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        metadata = body.get("metadata") or {}
+        if not metadata.get("resourceVersion"):
+            raise ValueError("replace without a resourceVersion would overwrite blindly")
+        return self._request("PUT", _path(kind, namespace, metadata["name"]), dict(body))
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        # The generated client's typed methods would turn our dicts into its model classes; serialize them as they are.
+        method, url, headers, serialized, _ = self._client.param_serialize(
+            method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        try:
+            response = self._client.call_api(
+                method, url, header_params=headers, body=serialized, _request_timeout=REQUEST_TIMEOUT
+            )
+        except kubernetes.client.exceptions.ApiException as error:
+            raise _error(int(error.status or 0), error.body or "") from None
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            raise ApiError(0, "Unreachable", f"{method} {path}: {type(error).__name__}") from None
+        data = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status <= 299:
+            raise _error(response.status, data.decode("utf-8", "replace") if data else "")
+        parsed = json.loads(data)
+        if not isinstance(parsed, dict):
+            raise ApiError(response.status, "InvalidResponse", "the API server answered something other than an object")
+        return parsed
+
+
+class ConnectError(Exception):
+    """No in-cluster ServiceAccount and no usable kubeconfig."""
+
+
+def connect(kubeconfig: str | None = None) -> Kubernetes:
+    """In the cluster: the pod's ServiceAccount. Elsewhere: `kubeconfig`, or $KUBECONFIG / ~/.kube/config."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if kubeconfig is None and kubernetes.config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        else:
+            kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException as error:
+        raise ConnectError(str(error)) from None
+    return Kubernetes(kubernetes.client.ApiClient(configuration))
+
+
+def _path(kind: Kind, namespace: str, name: str | None = None) -> str:
+    path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{_PATHS[kind]}"
+    return path if name is None else f"{path}/{quote(name, safe='')}"
+
+
+def _error(status: int, body: str) -> ApiError:
+    reason, message = "", body
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        reason, message = str(parsed.get("reason", "")), str(parsed.get("message", ""))
+    error_type = {404: NotFoundError, 403: ForbiddenError, 409: ConflictError}.get(status, ApiError)
+    return error_type(status, reason, message)
+
+
+def _redact(message: str) -> str:
+    return _LONG_TOKEN.sub("[redacted]", message)[:_MAX_MESSAGE]

@@ -1,0 +1,508 @@
+"""The cert-rotation job end to end against the in-memory FAKE Kubernetes API (tests/job/fake.py says what that fake
+does not cover), with an injected clock. Real etcd and grpc-proxy judge the same output in tests/job/test_etcd.py."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hooks import job, kube, names, pki, report, rotation
+from hooks.settings import Settings
+from hooks.spec import KeyAlgorithm
+from tests.job.fake import Crash
+from tests.job.world import (
+    APISERVER_NAMESPACE,
+    CLIENT_CERT,
+    SERVING_CA,
+    T0,
+    TENANT,
+    C,
+    World,
+    b64,
+    captured_logs,
+    connects,
+    lines,
+    new_world,
+    put_core,
+)
+
+MINUTE = timedelta(minutes=1)
+SHORT: dict[str, Any] = {
+    "signingCertificateValidity": "30m",
+    "servingCertificateValidity": "10m",
+    "clientCertificateValidity": "10m",
+}
+
+
+@pytest.fixture
+def world() -> World:
+    return new_world()
+
+
+def ca_cert_annotations(world: World) -> dict[str, str]:
+    return dict(world.api.object(kube.Kind.CONFIGMAP, C, names.client_ca_configmap(TENANT))["metadata"]["annotations"])
+
+
+# --- A first run ---------------------------------------------------------------------------------------------------
+
+
+def test_a_first_run_issues_everything_and_the_api_server_reaches_the_proxy(world: World) -> None:
+    assert world.run(T0) == job.EXIT_OK
+    assert connects(world.proxy(), world.apiserver(), T0 + MINUTE) is None
+
+    signer = world.api.object(kube.Kind.SECRET, C, names.signer_secret(TENANT))
+    assert signer["type"] == "Opaque"
+    expected = [(keys.cert, keys.key) for keys in map(rotation.signer_keys, rotation.Role)]
+    assert sorted(signer["data"]) == sorted(key for pair in expected for key in pair)
+    server = world.api.object(kube.Kind.SECRET, C, names.server_cert_secret(TENANT))
+    assert server["type"] == "kubernetes.io/tls"
+    assert sorted(server["data"]) == [names.TLS_CRT, names.TLS_KEY]
+    leaf = pki.parse_certs(world.proxy().server_cert)[0]
+    assert pki.dns_names(leaf) == names.service_hosts(TENANT, C, "cluster.local")
+    assert server["metadata"]["annotations"] == {
+        names.ANNOTATION_EXPIRY_DATE: report.rfc3339(leaf.not_valid_after_utc),
+        names.ANNOTATION_SIGNED_BY: pki.common_name(leaf.issuer),
+    }
+
+
+def test_objects_in_the_controller_namespace_are_owned_but_not_controlled(world: World) -> None:
+    world.run(T0)
+    uid = world.api.etcdstorages[TENANT]["metadata"]["uid"]
+    for name in (names.signer_secret(TENANT), names.server_cert_secret(TENANT), names.client_ca_configmap(TENANT)):
+        kind = kube.Kind.CONFIGMAP if name.endswith("-ca-cert") else kube.Kind.SECRET
+        metadata = world.api.object(kind, C, name)["metadata"]
+        # Metacontroller deletes objects it would take for children of its own: no controller flag, no controller-uid.
+        assert metadata["ownerReferences"] == [
+            {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": TENANT, "uid": uid}
+        ]
+        assert metadata["labels"] == names.certificate_labels(TENANT)
+        assert not any("controller-uid" in label for label in metadata["labels"])
+
+
+def test_destination_objects_keep_everything_but_the_keys_the_job_writes(world: World) -> None:
+    world.api.put(
+        kube.Kind.CONFIGMAP, APISERVER_NAMESPACE, SERVING_CA,
+        {"metadata": {"labels": {"team": "wardle"}}, "data": {"other.conf": "x=1"}},
+    )  # fmt: skip
+    world.api.put(
+        kube.Kind.SECRET, APISERVER_NAMESPACE, CLIENT_CERT, {"type": "Opaque", "data": {"extra": b64(b"keep")}}
+    )
+    world.run(T0)
+    configmap = world.api.object(kube.Kind.CONFIGMAP, APISERVER_NAMESPACE, SERVING_CA)
+    assert configmap["metadata"]["labels"] == {"team": "wardle"}
+    assert "ownerReferences" not in configmap["metadata"]
+    assert sorted(configmap["data"]) == ["other.conf", names.SERVING_CA_KEY]
+    secret = world.api.object(kube.Kind.SECRET, APISERVER_NAMESPACE, CLIENT_CERT)
+    assert secret["type"] == "Opaque"  # never changed
+    assert sorted(secret["data"]) == ["extra", names.TLS_CRT, names.TLS_KEY]
+    assert sorted(secret["metadata"]["annotations"]) == [names.ANNOTATION_EXPIRY_DATE, names.ANNOTATION_SIGNED_BY]
+
+
+def test_the_report_tells_the_hook_times_and_a_digest_of_what_the_proxy_mounts(world: World) -> None:
+    world.run(T0)
+    found = report.from_annotations(ca_cert_annotations(world))
+    assert found is not None
+    assert sorted(found.certificates) == sorted(report.CERTIFICATES)
+    assert found.core_certificate_problem == ""
+    client = pki.parse_certs(world.apiserver().client_cert)[0]
+    assert found.certificates["clientCertificate"].notAfter == client.not_valid_after_utc
+    for times in found.certificates.values():
+        assert times.notBefore <= times.renewalTime <= times.notAfter
+    proxy = world.proxy()
+    core_cert = world.api.secret_data(C, names.CORE_CERT_SECRET)[names.TLS_CRT]
+    expected = job._mounted_hash(proxy.client_ca, proxy.server_cert, world.core_ca.cert_pem, core_cert)
+    assert found.hash == expected
+
+
+def test_each_client_certificate_destination_gets_its_own_key() -> None:
+    world = new_world(
+        clientCertSecret=[
+            {"name": CLIENT_CERT, "namespace": APISERVER_NAMESPACE},
+            {"name": "etcd-client-cert-2", "namespace": APISERVER_NAMESPACE},
+        ]
+    )
+    world.api.put(kube.Kind.SECRET, APISERVER_NAMESPACE, "etcd-client-cert-2", {})
+    assert world.run(T0) == job.EXIT_OK
+    first, second = world.apiserver(), world.apiserver(secret="etcd-client-cert-2")
+    assert first.client_key != second.client_key
+    assert connects(world.proxy(), first, T0) is None
+    assert connects(world.proxy(), second, T0) is None
+
+
+def test_the_signer_never_leaves_the_controller_namespace(world: World) -> None:
+    world.run(T0)
+    signer = world.api.secret_data(C, names.signer_secret(TENANT))
+    ca_keys = [value for key, value in signer.items() if key.endswith(".key")]
+    for (_, namespace, _), obj in world.api.objects.items():
+        if namespace == C:
+            continue
+        text = json.dumps(obj) + "".join(
+            base64.b64decode(v).decode() for v in (obj.get("data") or {}).values() if obj["kind"] == "Secret"
+        )
+        assert not any(key.decode() in text for key in ca_keys)
+
+
+# --- Idempotence and renewal ---------------------------------------------------------------------------------------
+
+
+def test_a_second_run_with_nothing_due_writes_nothing(world: World) -> None:
+    world.run(T0)
+    before = world.api.snapshot()
+    writes = len(world.api.writes)
+    with captured_logs() as logs:
+        assert world.run(T0 + timedelta(days=1)) == job.EXIT_OK
+    assert len(world.api.writes) == writes
+    assert world.api.snapshot() == before
+    assert lines(logs, "run finished")[0].endswith(
+        "tenants=1 failed=0 certificates_issued=0 objects_written=0 core_certificate_ok=true"
+    )
+
+
+def test_a_changed_cluster_domain_reissues_only_the_serving_certificate(world: World) -> None:
+    world.run(T0)
+    before = world.api.snapshot()
+    world.settings = dataclasses.replace(world.settings, cluster_domain="corp.example")
+    assert world.run(T0 + MINUTE) == job.EXIT_OK
+    changed = sorted(key for key in before if before[key] != world.api.objects[key])
+    assert changed == [
+        (kube.Kind.CONFIGMAP, C, names.client_ca_configmap(TENANT)),  # the report: a new digest rolls the proxies
+        (kube.Kind.SECRET, C, names.server_cert_secret(TENANT)),
+    ]
+    assert "etcd-sample-apiserver.kube-apiserver-storage.svc.corp.example" in pki.dns_names(
+        pki.parse_certs(world.proxy().server_cert)[0]
+    )
+
+
+def test_a_changed_key_algorithm_rotates_the_cas_with_overlap(world: World) -> None:
+    world.run(T0)
+    world.api.etcdstorages[TENANT]["spec"]["keyAlgorithm"] = "RSA2048"
+    old_proxy, old = world.proxy(), world.apiserver()
+    assert world.run(T0 + MINUTE) == job.EXIT_OK
+    # The RSA CAs are staged: in the bundles, not yet signing. The leaves get RSA keys at once, from the current CAs,
+    # so consumers that have not reloaded yet still accept them.
+    assert len(pki.parse_certs(world.apiserver().serving_ca)) == 2
+    assert pki.key_algorithm(pki.parse_certs(world.apiserver().client_cert)[0].public_key()) is KeyAlgorithm.RSA_2048
+    assert connects(old_proxy, world.apiserver(), T0 + MINUTE) is None
+    assert connects(world.proxy(), old, T0 + MINUTE) is None
+    assert world.run(T0 + timedelta(days=40)) == job.EXIT_OK  # well past the delay (a tenth of 8760h)
+    leaf = pki.parse_certs(world.apiserver().client_cert)[0]
+    assert pki.key_algorithm(leaf.public_key()) is KeyAlgorithm.RSA_2048
+    assert connects(world.proxy(), old, T0 + timedelta(days=40)) is not None  # the proxy holds the new CA's leaf
+    assert connects(world.proxy(), world.apiserver(), T0 + timedelta(days=40)) is None
+
+
+def test_objects_the_original_controller_left_are_adopted_and_reissued(world: World) -> None:
+    stranger = pki.new_ca(
+        "etcd-sample-apiserver.kube-apiserver-storage.svc-server-signer-1",
+        now=T0,
+        validity=timedelta(days=30),
+        algorithm=KeyAlgorithm.RSA_2048,
+    )
+    old = pki.new_server_cert(
+        stranger,
+        ["etcd-sample-apiserver.kube-apiserver-storage.svc"],
+        now=T0,
+        validity=timedelta(days=30),
+        algorithm=KeyAlgorithm.RSA_2048,
+    )
+    world.api.put(
+        kube.Kind.SECRET, C, names.server_cert_secret(TENANT),
+        {"type": "kubernetes.io/tls", "data": {names.TLS_CRT: b64(old.cert_pem), names.TLS_KEY: b64(old.key_pem)}},
+    )  # fmt: skip
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_OK
+    metadata = world.api.object(kube.Kind.SECRET, C, names.server_cert_secret(TENANT))["metadata"]
+    assert metadata["ownerReferences"][0]["name"] == TENANT
+    assert "reasons=not-signed-by-current-ca" in "".join(lines(logs, "certificate issued"))
+
+
+# --- Failures ------------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_destination_is_one_clear_line_and_the_other_tenants_still_get_certificates(world: World) -> None:
+    world.add_tenant("other", "other-ns")
+    del world.api.objects[(kube.Kind.SECRET, APISERVER_NAMESPACE, CLIENT_CERT)]
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_FAILURES
+    [line] = lines(logs, "tenant object failed")
+    assert f"tenant={TENANT} kind=Secret object={APISERVER_NAMESPACE}/{CLIENT_CERT}" in line
+    assert 'problem="does not exist"' in line
+    assert "manifests/examples/apiserver-rbac.yaml" in line
+    assert (kube.Kind.SECRET, APISERVER_NAMESPACE, CLIENT_CERT) not in world.api.objects  # never created
+    assert connects(world.proxy("other"), world.apiserver("other-ns"), T0, tenant="other") is None
+    assert lines(logs, "run finished")[0].endswith(
+        "tenants=2 failed=1 certificates_issued=7 objects_written=11 core_certificate_ok=true"
+    )
+    # The rest of the failing tenant is in place: the hook gets its report, the serving bundle its CA.
+    assert report.from_annotations(ca_cert_annotations(world)) is not None
+
+
+def test_a_forbidden_destination_names_the_role_to_grant(world: World) -> None:
+    world.add_tenant("other", "other-ns")
+    world.api.forbid("update", kube.Kind.CONFIGMAP, APISERVER_NAMESPACE, SERVING_CA)
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_FAILURES
+    [line] = lines(logs, "tenant object failed")
+    assert f"object={APISERVER_NAMESPACE}/{SERVING_CA}" in line
+    assert 'problem="update forbidden"' in line
+    assert (
+        f"bind a Role granting get and update on ConfigMap {SERVING_CA} to ServiceAccount {C}/etcdstorage-cert-rotation"
+        in line
+    )
+    assert connects(world.proxy("other"), world.apiserver("other-ns"), T0, tenant="other") is None
+
+
+def test_without_rights_in_the_controller_namespace_the_tenant_stops_before_issuing_anything(world: World) -> None:
+    world.api.forbid("create", kube.Kind.SECRET, C)
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_FAILURES
+    [line] = lines(logs, "tenant object failed")
+    assert f"object={C}/{names.signer_secret(TENANT)}" in line
+    assert "apply manifests/cert-rotation-rbac.yaml" in line
+    assert world.api.writes == []  # no leaf signed by a CA that was not stored
+
+
+def test_without_the_right_to_list_etcdstorages_nothing_runs(world: World) -> None:
+    world.api.list_forbidden = True
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_CANNOT_RUN
+    assert "ClusterRole" in lines(logs, "cannot list EtcdStorages")[0]
+
+
+def test_an_invalid_etcdstorage_is_skipped_and_the_others_processed(world: World) -> None:
+    world.add_tenant("other", "other-ns", signingCertificateValidity="1m")
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_FAILURES
+    assert "spec.signingCertificateValidity" in lines(logs, "tenant skipped: invalid spec")[0]
+    assert connects(world.proxy(), world.apiserver(), T0) is None
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        pytest.param(
+            lambda w: put_core(
+                w.api,
+                w.core_ca,
+                pki.new_client_cert(
+                    w.core_ca, "client", now=T0, validity=timedelta(days=9), algorithm=KeyAlgorithm.ECDSA_P256
+                ),
+            ),
+            "has Common Name 'client': etcd's grpc-proxy refuses an upstream client certificate with a Common Name",
+            id="a Common Name",
+        ),
+        pytest.param(
+            lambda w: put_core(
+                w.api,
+                w.core_ca,
+                pki.new_client_cert(
+                    w.core_ca,
+                    None,
+                    now=T0 - timedelta(days=9),
+                    validity=timedelta(days=1),
+                    algorithm=KeyAlgorithm.ECDSA_P256,
+                ),
+            ),
+            "expired at 2029-12-24T00:00:00Z",
+            id="expired",
+        ),
+        pytest.param(
+            lambda w: put_core(
+                w.api,
+                w.core_ca,
+                pki.new_client_cert(
+                    pki.new_ca("other", now=T0, validity=timedelta(days=9), algorithm=KeyAlgorithm.ECDSA_P256),
+                    None,
+                    now=T0,
+                    validity=timedelta(days=9),
+                    algorithm=KeyAlgorithm.ECDSA_P256,
+                ),
+            ),
+            "not signed by a valid CA of the trusted bundle",
+            id="another CA's",
+        ),
+        pytest.param(
+            lambda w: w.api.objects.pop((kube.Kind.SECRET, C, names.CORE_CERT_SECRET)),
+            f"Secret {C}/{names.CORE_CERT_SECRET} does not exist",
+            id="missing",
+        ),
+    ],
+)
+def test_a_bad_core_client_certificate_is_reported_and_the_tenants_still_get_theirs(
+    world: World, setup: object, expected: str
+) -> None:
+    setup(world)  # type: ignore[operator]
+    with captured_logs() as logs:
+        assert world.run(T0 + timedelta(minutes=5)) == job.EXIT_FAILURES
+    found = report.from_annotations(ca_cert_annotations(world))
+    assert found is not None
+    assert expected in found.core_certificate_problem
+    assert expected in lines(logs, "core etcd client certificate unusable")[0]
+    assert connects(world.proxy(), world.apiserver(), T0 + timedelta(minutes=5)) is None
+
+
+def test_a_concurrent_write_is_retried_from_fresh_reads(world: World) -> None:
+    world.api.interfere[(kube.Kind.CONFIGMAP, APISERVER_NAMESPACE, SERVING_CA)] = 1
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_OK
+    assert len(lines(logs, "write conflict: reading the tenant again")) == 1
+    assert connects(world.proxy(), world.apiserver(), T0) is None
+
+
+def test_writes_that_keep_conflicting_give_up_after_a_bounded_number_of_passes(world: World) -> None:
+    world.api.interfere[(kube.Kind.CONFIGMAP, APISERVER_NAMESPACE, SERVING_CA)] = job.ATTEMPTS
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_FAILURES
+    assert len(lines(logs, "write conflict: reading the tenant again")) == job.ATTEMPTS
+    assert "attempts=3" in lines(logs, "tenant failed: writes kept conflicting")[0]
+
+
+# --- Killed half-way -----------------------------------------------------------------------------------------------
+
+
+def copy_of(world: World) -> World:
+    return dataclasses.replace(world, api=copy.deepcopy(world.api))
+
+
+def writes_of_a_run(world: World, now: datetime) -> int:
+    probe = copy_of(world)
+    probe.run(now)
+    return len(probe.api.writes) - len(world.api.writes)
+
+
+# Runs of the job with the SHORT spec (CA 30m, renewal after 20m; leaves 10m, renewal after 6m40s; delay 1m) up to
+# the run in which each phase happens.
+PHASES = {
+    "first issuance": [],
+    "leaf renewal": [0],
+    "CA staging": [0, 7, 14],
+    "CA promotion": [0, 7, 14, 21],
+}
+PHASE_MINUTE = {"first issuance": 0, "leaf renewal": 7, "CA staging": 21, "CA promotion": 25}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_a_run_killed_after_any_write_is_completed_by_the_next_and_nobody_loses_a_valid_certificate(phase: str) -> None:
+    world = new_world(settings=Settings(ca_propagation_delay=MINUTE), **SHORT)
+    for minute in PHASES[phase]:
+        assert world.run(T0 + minute * MINUTE) == job.EXIT_OK
+    now = T0 + PHASE_MINUTE[phase] * MINUTE
+    later = now + timedelta(seconds=30)
+    total = writes_of_a_run(world, now)
+    assert total >= 2
+    for crash_after in range(total):
+        trial = copy_of(world)
+        held = None if phase == "first issuance" else (trial.proxy(), trial.apiserver())
+        trial.api.crash_after = crash_after
+        with pytest.raises(Crash):
+            trial.run(now)
+        if held is not None:  # consumers that have not restarted still work, whatever the crash left...
+            assert connects(*held, now) is None, f"crash after write {crash_after}"
+            assert connects(trial.proxy(), held[1], now) is None, f"crash after write {crash_after}, proxy rolled"
+        trial.api.crash_after = None
+        assert trial.run(later) == job.EXIT_OK
+        assert connects(trial.proxy(), trial.apiserver(), later) is None, f"crash after write {crash_after}"
+        if held is not None:  # ...and after the next run finished the work
+            assert connects(trial.proxy(), held[1], later) is None, f"crash after write {crash_after}"
+        assert writes_of_a_run(trial, later) == 0, f"crash after write {crash_after}: not settled"
+
+
+# --- A whole rotation, minute by minute ---------------------------------------------------------------------------
+
+
+def test_minute_by_minute_every_consumer_that_reloads_in_time_keeps_working_and_expired_material_is_refused() -> None:
+    """The CronJob's cadence over three CA lifetimes: the proxies load new files one run late (the Deployment roll),
+    the API server reloads every few minutes (well within the propagation delay)."""
+    world = new_world(**SHORT)
+    world.settings = Settings(ca_propagation_delay=timedelta(minutes=4))
+    world.run(T0)
+    proxy, apiserver = world.proxy(), world.apiserver()
+    frozen = apiserver  # an API server that never restarts
+    rotations = set()
+    for minute in range(1, 95):
+        now = T0 + minute * MINUTE
+        assert world.run(now) == job.EXIT_OK
+        rotations.add(pki.parse_certs(world.apiserver().client_cert)[0].issuer.rfc4514_string())
+        assert connects(proxy, apiserver, now + timedelta(seconds=30)) is None, f"minute {minute}"
+        proxy = world.proxy()  # rolled: loads what this run wrote, used from the next minute on
+        if minute % 3 == 0:
+            apiserver = world.apiserver()
+        assert connects(proxy, apiserver, now + timedelta(seconds=30)) is None, f"minute {minute}, after the roll"
+    # Client CAs that signed: made at minutes 0, 20, 40, 60 and 80 (renewal after two thirds of 30m), each signing
+    # from 4 minutes after it was made (the propagation delay).
+    assert len(rotations) == 5
+    assert connects(world.proxy(), frozen, T0 + 95 * MINUTE) is not None  # expired and no longer trusted
+
+
+# --- Logs ----------------------------------------------------------------------------------------------------------
+
+
+def test_no_key_material_reaches_the_logs() -> None:
+    world = new_world(**SHORT)
+    world.add_tenant("other", "other-ns")
+    world.api.forbid("update", kube.Kind.SECRET, "other-ns", CLIENT_CERT)
+    world.settings = Settings(ca_propagation_delay=MINUTE)
+    with captured_logs() as logs:
+        for minute in range(0, 40, 3):
+            world.run(T0 + minute * MINUTE)
+        put_core(
+            world.api,
+            world.core_ca,
+            pki.new_client_cert(
+                world.core_ca, "client", now=T0, validity=timedelta(days=1), algorithm=KeyAlgorithm.ECDSA_P256
+            ),
+        )
+        world.run(T0 + 41 * MINUTE)
+    text = logs.getvalue()
+    assert len(text.splitlines()) > 50
+    assert "-----BEGIN" not in text
+    assert "PRIVATE" not in text
+    secrets = []
+    for (kind, _, _), obj in world.api.objects.items():
+        if kind is kube.Kind.SECRET:
+            for value in (obj.get("data") or {}).values():
+                secrets.append(value)
+                decoded = base64.b64decode(value)
+                secrets.extend(re.findall(r"[A-Za-z0-9+/=]{40,}", decoded.decode(errors="replace")))
+    leaked = [secret[:12] for secret in secrets if secret and secret in text]
+    assert leaked == []
+
+
+# --- The command ---------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        pytest.param({"ETCDSTORAGE_CA_PROPAGATION_DELAY": "soon"}, 'msg="invalid settings"', id="invalid settings"),
+        pytest.param({}, 'msg="no Kubernetes credentials"', id="neither a ServiceAccount nor a kubeconfig"),
+    ],
+)
+def test_python_m_hooks_job_exits_2_when_it_cannot_run(
+    tmp_path: Path, environment: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hooks.job"],
+        cwd=REPO,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == job.EXIT_CANNOT_RUN
+    [line] = result.stderr.splitlines()
+    assert message in line
+    assert line.startswith("time=")
