@@ -7,6 +7,7 @@ changed on every call would loop). Pure.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -21,6 +22,7 @@ CERTIFICATES_READY: Final = "CertificatesReady"
 PROXY_AVAILABLE: Final = "ProxyAvailable"
 DEPLOYED: Final = "Deployed"  # the original's only condition, kept for tools written against it
 CONDITION_TYPES: Final = (READY, CERTIFICATES_READY, PROXY_AVAILABLE, DEPLOYED)
+_RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ MAX_RESYNC_SECONDS: Final = 3600.0
 
 
 def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncResponse:
-    tenant = spec.parse(request.parent.model_dump())
+    tenant = spec.parse({"metadata": request.parent.metadata, "spec": request.parent.spec})
     observed = _observe(request, tenant.name, settings)
     # Status describes what was observed, before the desired state is built.
     current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)
