@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from hooks import names
+from hooks import guard, names
 from hooks.settings import Settings
 from hooks.spec import EtcdStorage
 
@@ -127,13 +127,19 @@ def _guard(settings: Settings) -> dict[str, Any]:
     return {
         "name": "guard",
         "image": settings.guard_image,
-        "command": ["nginx", "-e", "stderr", "-c", f"{names.GUARD_CONFIG_DIR}/{names.GUARD_CONFIG_FILE}"],
+        "command": guard.command(),
         "ports": [
             {"name": names.ETCD_PORT_NAME, "containerPort": names.ETCD_PORT, "protocol": "TCP"},
             {"name": names.GUARD_HEALTH_PORT_NAME, "containerPort": names.GUARD_HEALTH_PORT, "protocol": "TCP"},
         ],
-        # Ready means a request went through the guard's upstream, the grpc-proxy, to the core etcd and back.
-        "readinessProbe": {"httpGet": {"path": "/readyz", **health}, "periodSeconds": 10, "failureThreshold": 3},
+        # Ready means a request went through the guard's upstream, the grpc-proxy, to the core etcd and back; the
+        # grpc-proxy's own health check (a Get and a Watch) can take seconds, hence the timeout.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", **health},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
         "livenessProbe": {"httpGet": {"path": "/livez", **health}, "periodSeconds": 20, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": _container_security(),
