@@ -29,7 +29,21 @@ class DurationError(ValueError):
 
 
 def parse(text: str) -> timedelta:
-    """Parse a Go duration; raises `DurationError` with the reason for anything Go would refuse."""
+    """Parse a Go duration; raises `DurationError` with the reason for anything Go would refuse.
+
+    Python's timedelta keeps microseconds: compare with `parse_nanoseconds` where the CRD's CEL rules compare
+    (in nanoseconds), so that the hook and admission agree to the last digit.
+    """
+    return to_timedelta(parse_nanoseconds(text))
+
+
+def to_timedelta(nanoseconds: int) -> timedelta:
+    microseconds = abs(nanoseconds) // 1_000
+    return timedelta(microseconds=-microseconds if nanoseconds < 0 else microseconds)
+
+
+def parse_nanoseconds(text: str) -> int:
+    """A Go duration in nanoseconds, exactly as Go's time.ParseDuration reads it."""
     if not isinstance(text, str):
         raise DurationError(f"expected a duration string such as '730h', got {type(text).__name__}")
     body = text
@@ -37,7 +51,7 @@ def parse(text: str) -> timedelta:
     if body[:1] in "+-":
         body = body[1:]
     if body == "0":
-        return timedelta(0)
+        return 0
     if not body:
         raise DurationError(f"invalid duration {text!r}: expected a number with a unit such as '730h'")
     total = Decimal(0)
@@ -54,8 +68,7 @@ def parse(text: str) -> timedelta:
     nanoseconds = int(total)
     if nanoseconds > _MAX_NANOSECONDS:
         raise DurationError(f"invalid duration {text!r}: longer than Go's limit of about 292 years")
-    microseconds = nanoseconds // 1_000
-    return timedelta(microseconds=-microseconds if negative else microseconds)
+    return -nanoseconds if negative else nanoseconds
 
 
 def format(value: timedelta) -> str:  # noqa: A001 - mirrors Go's Duration.String for the values we print

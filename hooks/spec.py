@@ -107,14 +107,15 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
         problems.append(Problem("spec", "must be an object"))
         spec = {}
 
-    def validity(field: str, default: str) -> timedelta | None:
+    # Durations are compared in nanoseconds, as the CRD's CEL rules compare them: admission and hook agree exactly.
+    def validity(field: str, default: str) -> int | None:
         raw = spec.get(field)
         try:
-            value = durations.parse(default if raw is None else raw)
+            value = durations.parse_nanoseconds(default if raw is None else raw)
         except durations.DurationError as error:
             problems.append(Problem(f"spec.{field}", str(error)))
             return None
-        if value < MIN_VALIDITY:
+        if value < _nanoseconds(MIN_VALIDITY):
             problems.append(Problem(f"spec.{field}", f"must be at least {durations.format(MIN_VALIDITY)}, got {raw!r}"))
             return None
         return value
@@ -154,12 +155,12 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
     renew_before = None
     if spec.get("renewBefore") is not None:
         try:
-            renew_before = durations.parse(spec["renewBefore"])
+            renew_before = durations.parse_nanoseconds(spec["renewBefore"])
         except durations.DurationError as error:
             problems.append(Problem("spec.renewBefore", str(error)))
         else:
             shortest = min((v for v in (signing, serving, client) if v is not None), default=None)
-            if renew_before < MIN_RENEW_BEFORE:
+            if renew_before < _nanoseconds(MIN_RENEW_BEFORE):
                 problems.append(Problem("spec.renewBefore", f"must be at least {durations.format(MIN_RENEW_BEFORE)}"))
             elif shortest is not None and renew_before >= shortest:
                 problems.append(Problem("spec.renewBefore", "must be shorter than every certificate validity"))
@@ -176,13 +177,17 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
         generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else 0,
         ca_cert_configmaps=configmaps,
         client_cert_secrets=secrets,
-        signing_validity=signing,
-        serving_validity=serving,
-        client_validity=client,
+        signing_validity=durations.to_timedelta(signing),
+        serving_validity=durations.to_timedelta(serving),
+        client_validity=durations.to_timedelta(client),
         key_algorithm=algorithm,
         replicas=replicas,
-        renew_before=renew_before,
+        renew_before=None if renew_before is None else durations.to_timedelta(renew_before),
     )
+
+
+def _nanoseconds(value: timedelta) -> int:
+    return (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
 
 
 def _destinations(spec: Mapping[str, Any], field: str, problems: list[Problem]) -> tuple[Destination, ...]:

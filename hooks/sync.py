@@ -28,7 +28,15 @@ MAX_RESYNC_SECONDS: Final = 3600.0
 
 
 def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncResponse:
-    tenant = spec.parse({"metadata": request.parent.metadata, "spec": request.parent.spec})
+    try:
+        tenant = spec.parse({"metadata": request.parent.metadata, "spec": request.parent.spec})
+    except spec.InvalidSpec:
+        if not request.finalizing:
+            raise
+        # A parent being deleted that the hook refuses must still go: nothing outside Kubernetes needs cleaning up,
+        # and a refusal here would keep Metacontroller's finalizer on it forever.
+        previous = request.parent.status if isinstance(request.parent.status, dict) else {}
+        return SyncResponse(status=previous, children=[], finalized=True)
     observed = _observe(request, tenant.name, settings)
     # Status describes what was observed, before the desired state is built.
     current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)

@@ -120,3 +120,18 @@ def test_an_accepted_name_always_gives_dns_label_names_that_fit_63_characters(na
         assert len(derived) <= 63
         assert names.DNS_LABEL.match(derived)
     assert names.key_prefix(name).endswith(f"/{name}/")
+
+
+def test_durations_are_compared_to_the_nanosecond_as_admission_compares_them() -> None:
+    # timedelta would round both to 730h and refuse what the CRD's CEL rules (in nanoseconds) accepted.
+    tenant = spec.parse(
+        etcdstorage(
+            renewBefore="730h0.0000001s",
+            signingCertificateValidity="730h0.0000002s",
+            servingCertificateValidity="730h0.0000002s",
+            clientCertificateValidity="730h0.0000002s",
+        )
+    )
+    assert tenant.renew_before == timedelta(hours=730)
+    with pytest.raises(spec.InvalidSpec, match=r"spec\.servingCertificateValidity"):
+        spec.parse(etcdstorage(signingCertificateValidity="730h", servingCertificateValidity="730h0.000000001s"))

@@ -264,3 +264,11 @@ def test_selectors_match_the_pod_labels_and_output_is_deterministic(name: str, r
         selector = selector.get("matchLabels", selector)
         assert selector.items() <= pod_labels.items()
         assert len(child["metadata"]["name"]) <= 63
+
+
+def test_an_invalid_parent_being_finalized_is_let_go_instead_of_refused_forever() -> None:
+    status = {"conditions": [{"type": "Ready", "status": "False", "reason": "X", "message": "m"}]}
+    answer = run(sync_request({**etcdstorage("registry"), "status": status}, finalizing=True))
+    assert answer["finalized"] is True
+    assert answer["children"] == []
+    assert answer["status"] == status
