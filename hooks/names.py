@@ -126,22 +126,20 @@ def selector_labels(tenant: str) -> dict[str, str]:
 
 
 def proxy_labels(tenant: str) -> dict[str, str]:
-    return {
-        LABEL_APISERVER: tenant,
-        LABEL_NAME: PROXY_APP,
-        LABEL_INSTANCE: tenant,
-        LABEL_COMPONENT: "proxy",
-        LABEL_PART_OF: PART_OF,
-        LABEL_MANAGED_BY: MANAGED_BY_HOOK,
-    }
+    return _labels(tenant, component="proxy", managed_by=MANAGED_BY_HOOK)
 
 
 def certificate_labels(tenant: str) -> dict[str, str]:
+    return _labels(tenant, component="certificates", managed_by=MANAGED_BY_JOB)
+
+
+def _labels(tenant: str, *, component: str, managed_by: str) -> dict[str, str]:
+    """The original's `apiserver` label and the recommended `app.kubernetes.io/*` labels of a tenant's objects."""
     return {
         LABEL_APISERVER: tenant,
         LABEL_NAME: PROXY_APP,
         LABEL_INSTANCE: tenant,
-        LABEL_COMPONENT: "certificates",
+        LABEL_COMPONENT: component,
         LABEL_PART_OF: PART_OF,
-        LABEL_MANAGED_BY: MANAGED_BY_JOB,
+        LABEL_MANAGED_BY: managed_by,
     }
