@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient
 
-from tests.e2e import harness
+from tests.e2e import harness, install
 
 CRD_MANIFEST = harness.REPO / "manifests" / "crd.yaml"
 
@@ -73,3 +73,11 @@ def etcdstorage_crd(control_plane: harness.ControlPlane) -> str:
     crd = applied.stdout.strip()
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", crd)
     return crd.removeprefix("customresourcedefinition.apiextensions.k8s.io/")
+
+
+@pytest.fixture(scope="session")
+def installed(control_plane: harness.ControlPlane, etcdstorage_crd: str) -> harness.ControlPlane:
+    """The CRD, the controller namespace (Pod Security `restricted`), the job's RBAC, the proxies' ServiceAccount,
+    and the core etcd's CA and empty-CN client certificate in it (`install.install`)."""
+    install.install(control_plane)
+    return control_plane

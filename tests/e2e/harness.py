@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shlex
@@ -31,10 +32,10 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -44,6 +45,7 @@ from kubernetes import config as k8s_config
 from hooks import pki
 from hooks.spec import KeyAlgorithm
 from tests.support import processes, stack
+from tests.support.certs import TLSFiles
 
 REPO: Final = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT: Final = Path(__file__).resolve().parent / "build-kube-apiserver.sh"
@@ -61,6 +63,7 @@ STOP_GRACE: Final = 10.0  # seconds between SIGTERM and SIGKILL
 PORT_ATTEMPTS: Final = 3  # free ports are picked, then bound by the child: another process may win the race
 STATE_FILE: Final = "state.json"
 SUPERVISOR_LOG: Final = "harness.log"
+_T = TypeVar("_T")
 
 
 class HarnessError(RuntimeError):
@@ -183,6 +186,17 @@ class ControlPlane:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class ApiServer:
+    """A kube-apiserver started by `api_server`: where it listens, the CA of its serving certificate, an admin
+    kubeconfig (use it with `ControlPlane.kubectl(..., kubeconfig=)` and `ControlPlane.api_client`), its process."""
+
+    server: str
+    ca_file: Path
+    kubeconfig: Path
+    process: processes.Process
+
+
 # --- Certificates ---------------------------------------------------------------------------------------------------
 
 
@@ -257,7 +271,7 @@ def _readyz(server: str, pki_dir: Path) -> bool:
 
 
 def _apiserver_argv(
-    binary: Path, directory: Path, *, port: int, core: stack.Core, extra_args: Sequence[str]
+    binary: Path, directory: Path, *, port: int, etcd_servers: str, etcd_tls: TLSFiles, extra_args: Sequence[str]
 ) -> list[str]:
     pki_dir = directory / "pki"
     return [
@@ -269,10 +283,10 @@ def _apiserver_argv(
         f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
         f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
         f"--client-ca-file={pki_dir / 'client-ca.crt'}",
-        f"--etcd-servers={core.etcd.url}",
-        f"--etcd-cafile={core.pki.admin.ca}",
-        f"--etcd-certfile={core.pki.admin.cert}",
-        f"--etcd-keyfile={core.pki.admin.key}",
+        f"--etcd-servers={etcd_servers}",
+        f"--etcd-cafile={etcd_tls.ca}",
+        f"--etcd-certfile={etcd_tls.cert}",
+        f"--etcd-keyfile={etcd_tls.key}",
         f"--etcd-prefix={ETCD_PREFIX}",
         "--authorization-mode=Node,RBAC",
         "--enable-admission-plugins=NodeRestriction",  # on top of the default set
@@ -295,30 +309,73 @@ def _apiserver_argv(
     ]
 
 
+def _start_apiserver(
+    directory: Path,
+    binary: Path,
+    started: contextlib.ExitStack,
+    *,
+    etcd_servers: str,
+    etcd_tls: TLSFiles,
+    timeout: float,
+    extra_args: Sequence[str],
+    hosts: Mapping[str, str] | None = None,
+) -> ApiServer:
+    port = processes.free_port()
+    server = f"https://{LOOPBACK}:{port}"
+    pki_dir = directory / "pki"
+    argv = _apiserver_argv(
+        binary, directory, port=port, etcd_servers=etcd_servers, etcd_tls=etcd_tls, extra_args=extra_args
+    )
+    if hosts:
+        argv = processes.with_hosts(hosts, directory, argv)
+    apiserver = processes.start("kube-apiserver", argv, log_dir=directory, cwd=directory)
+    started.callback(apiserver.stop, STOP_GRACE)
+    apiserver.wait_until(lambda: _readyz(server, pki_dir), what="ready (/readyz)", timeout=timeout)
+
+    kubeconfig = directory / "admin.kubeconfig"
+    user = {"client-certificate": str(pki_dir / "admin.crt"), "client-key": str(pki_dir / "admin.key")}
+    _write_kubeconfig(kubeconfig, server=server, ca_file=pki_dir / "apiserver-ca.crt", user=user, name="admin")
+    return ApiServer(server=server, ca_file=pki_dir / "apiserver-ca.crt", kubeconfig=kubeconfig, process=apiserver)
+
+
 def _start(
     directory: Path, binary: Path, started: contextlib.ExitStack, *, timeout: float, extra_args: Sequence[str]
 ) -> ControlPlane:
     core = started.enter_context(stack.core_etcd(directory / "core"))
-    port = processes.free_port()
-    server = f"https://{LOOPBACK}:{port}"
-    argv = _apiserver_argv(binary, directory, port=port, core=core, extra_args=extra_args)
-    apiserver = processes.start("kube-apiserver", argv, log_dir=directory, cwd=directory)
-    started.callback(apiserver.stop, STOP_GRACE)
-    apiserver.wait_until(lambda: _readyz(server, directory / "pki"), what="ready (/readyz)", timeout=timeout)
-
-    kubeconfig = directory / "admin.kubeconfig"
-    pki_dir = directory / "pki"
-    user = {"client-certificate": str(pki_dir / "admin.crt"), "client-key": str(pki_dir / "admin.key")}
-    _write_kubeconfig(kubeconfig, server=server, ca_file=pki_dir / "apiserver-ca.crt", user=user, name="admin")
+    apiserver = _start_apiserver(
+        directory,
+        binary,
+        started,
+        etcd_servers=core.etcd.url,
+        etcd_tls=core.pki.admin,
+        timeout=timeout,
+        extra_args=extra_args,
+    )
     return ControlPlane(
         directory=directory,
-        server=server,
-        ca_file=pki_dir / "apiserver-ca.crt",
-        kubeconfig=kubeconfig,
+        server=apiserver.server,
+        ca_file=apiserver.ca_file,
+        kubeconfig=apiserver.kubeconfig,
         core=core,
         etcd_prefix=ETCD_PREFIX,
         kubectl_binary=tool("kubectl"),
     )
+
+
+@contextlib.contextmanager
+def _with_port_retries(start: Callable[[contextlib.ExitStack], _T]) -> Iterator[_T]:
+    """`start(stack)` until its processes bind their free ports (another process may win the race), then the block;
+    everything `start` registered on the stack is stopped on the way out, whatever happened."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        with contextlib.ExitStack() as started:
+            try:
+                value = start(started)
+            except processes.ProcessStartError as error:
+                if "address already in use" in str(error) and attempt < PORT_ATTEMPTS:
+                    continue  # leaving the block stops what did start; then again with other ports
+                raise HarnessError(str(error)) from None
+            yield value
+            return
 
 
 @contextlib.contextmanager
@@ -334,16 +391,44 @@ def running(
         raise HarnessError(f"no kube-apiserver at {kube_apiserver}: run {BUILD_SCRIPT}")
     directory.mkdir(parents=True, exist_ok=True)
     _issue_certificates(directory / "pki")
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        with contextlib.ExitStack() as started:
-            try:
-                plane = _start(directory, kube_apiserver, started, timeout=timeout, extra_args=extra_args)
-            except processes.ProcessStartError as error:
-                if "address already in use" in str(error) and attempt < PORT_ATTEMPTS:
-                    continue  # leaving the block stops what did start; then again with other ports
-                raise HarnessError(str(error)) from None
-            yield plane
-            return
+    start = functools.partial(_start, directory, kube_apiserver, timeout=timeout, extra_args=extra_args)
+    with _with_port_retries(start) as plane:
+        yield plane
+
+
+@contextlib.contextmanager
+def api_server(
+    directory: Path,
+    kube_apiserver: Path,
+    *,
+    etcd_servers: str,
+    etcd_tls: TLSFiles,
+    hosts: Mapping[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+    extra_args: Sequence[str] = (),
+) -> Iterator[ApiServer]:
+    """One more kube-apiserver, configured as the control plane's but on an etcd of the caller's choosing (a tenant's
+    guard, say), with certificates of its own in `directory`; ready (`/readyz`) for the duration of the block.
+
+    `etcd_tls` is what it reads with --etcd-cafile, --etcd-certfile and --etcd-keyfile. `hosts` (name -> address)
+    resolves names for this process alone (`processes.with_hosts`), so that `etcd_servers` may name a Service.
+    """
+    if not kube_apiserver.is_file():
+        raise HarnessError(f"no kube-apiserver at {kube_apiserver}: run {BUILD_SCRIPT}")
+    directory.mkdir(parents=True, exist_ok=True)
+    _issue_certificates(directory / "pki")
+    start = functools.partial(
+        _start_apiserver,
+        directory,
+        kube_apiserver,
+        etcd_servers=etcd_servers,
+        etcd_tls=etcd_tls,
+        timeout=timeout,
+        extra_args=extra_args,
+        hosts=hosts,
+    )
+    with _with_port_retries(start) as server:
+        yield server
 
 
 # --- The CLI: a supervisor that outlives `up` and owns the control plane until `down` -------------------------------

@@ -7,102 +7,19 @@ about this test's tenant."""
 from __future__ import annotations
 
 import base64
-import json
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kubernetes.client import ApiClient
 
 from hooks import job, kube, names, pki, report
-from tests.e2e import harness
+from tests.e2e import harness, install
+from tests.e2e.install import apply, failures_of, get, run_job, tenant_from_example
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-MANIFESTS = REPO / "manifests"
-C = names.DEFAULT_CONTROLLER_NAMESPACE
-
-
-def apply(plane: harness.ControlPlane, documents: list[dict[str, Any]]) -> None:
-    plane.kubectl("apply", "--filename=-", input=yaml.safe_dump_all(documents))
-
-
-def load(path: Path) -> list[dict[str, Any]]:
-    return [document for document in yaml.safe_load_all(path.read_text()) if document]
-
-
-@pytest.fixture(scope="module")
-def installed(control_plane: harness.ControlPlane, etcdstorage_crd: str) -> harness.ControlPlane:
-    """The controller namespace, the job's RBAC, and the core etcd's CA and client certificate in it."""
-    apply(control_plane, load(MANIFESTS / "namespace.yaml") + load(MANIFESTS / "cert-rotation-rbac.yaml"))
-    upstream = control_plane.core.pki.proxy_client
-    apply(
-        control_plane,
-        [
-            {
-                "apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": names.CORE_CA_CONFIGMAP, "namespace": C},
-                "data": {names.CORE_CA_KEY: upstream.ca.read_text()},
-            },
-            {
-                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                "metadata": {"name": names.CORE_CERT_SECRET, "namespace": C},
-                "data": {
-                    names.TLS_CRT: base64.b64encode(upstream.cert.read_bytes()).decode(),
-                    names.TLS_KEY: base64.b64encode(upstream.key.read_bytes()).decode(),
-                },
-            },
-        ],
-    )  # fmt: skip
-    return control_plane
-
-
-def tenant_from_example(plane: harness.ControlPlane) -> tuple[str, str]:
-    """The operator's example (examples/apiserver-rbac.yaml and etcdstorage.yaml) under fresh names."""
-    suffix = secrets.token_hex(3)
-    tenant, namespace = f"job-e2e-{suffix}", f"apiserver-{suffix}"
-    plane.kubectl("create", "namespace", namespace)
-    documents = load(MANIFESTS / "examples" / "apiserver-rbac.yaml")
-    for document in documents:
-        if document["metadata"].get("namespace") == "k8s-sample-apiserver":
-            document["metadata"]["namespace"] = namespace
-    [storage] = load(MANIFESTS / "examples" / "etcdstorage.yaml")
-    storage["metadata"]["name"] = tenant
-    for destination in storage["spec"]["caCertConfigMap"] + storage["spec"]["clientCertSecret"]:
-        destination["namespace"] = namespace
-    apply(plane, [*documents, storage])
-    return tenant, namespace
-
-
-def run_job(plane: harness.ControlPlane, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m hooks.job` as the CronJob runs it, with the job ServiceAccount's token instead of a mounted one."""
-    token = plane.token(C, job.SERVICE_ACCOUNT)
-    kubeconfig = plane.kubeconfig_for_token(token, tmp_path / "job.kubeconfig")
-    environment = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "KUBECONFIG": str(kubeconfig),
-        "ETCDSTORAGE_NAMESPACE": C,
-        "NO_PROXY": "*",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "hooks.job"], cwd=REPO, env=environment, capture_output=True, text=True, timeout=120
-    )
-
-
-def failures_of(output: str, tenant: str) -> list[str]:
-    return [line for line in output.splitlines() if "level=error" in line and f"tenant={tenant}" in line]
-
-
-def get(plane: harness.ControlPlane, kind: str, namespace: str, name: str) -> dict[str, Any]:
-    result = plane.kubectl("get", kind, name, f"--namespace={namespace}", "--output=json")
-    found: dict[str, Any] = json.loads(result.stdout)
-    return found
+C = install.C
 
 
 def test_the_job_does_its_work_with_exactly_the_rbac_of_the_manifests(

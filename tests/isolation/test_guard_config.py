@@ -123,8 +123,28 @@ def test_a_malformed_rpc_path_is_refused() -> None:
         guard.render_nginx_conf(allowed_rpcs={"/etcdserverpb.KV/Range; return 200": "injection"})
 
 
+def test_the_production_configuration_logs_refusals_and_nothing_else() -> None:
+    logs = re.findall(r"^\s*access_log\s.*;$", guard.render_nginx_conf(), flags=re.MULTILINE)
+
+    assert logs == ["    access_log /dev/stdout guard if=$guard_refused;", "        access_log off;"]
+
+
+def test_logging_every_request_for_tests_adds_one_unconditional_log_and_changes_nothing_else() -> None:
+    production = guard.render_nginx_conf(run_dir="/run/guard")
+    recording = guard.render_nginx_conf(run_dir="/run/guard", log_requests=True)
+
+    added = [line for line in recording.splitlines() if line not in production.splitlines()]
+    assert [line for line in production.splitlines() if line not in recording.splitlines()] == []
+    assert "    access_log /dev/stdout guard_request;" in added
+    assert re.search(
+        r"^\s*log_format guard_request .* guard request .*rpc=\"\$request_uri\"", recording, re.MULTILINE | re.DOTALL
+    )
+    assert all("if=" not in line for line in added)
+
+
 @pytest.mark.real
-def test_real_nginx_accepts_the_configuration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_requests", [False, True], ids=["as in production", "logging every request"])
+def test_real_nginx_accepts_the_configuration(tmp_path: Path, log_requests: bool) -> None:
     tenant = certs.issue_tenant(tmp_path / "pki", "alpha")
     (tmp_path / "run").mkdir()
     config = tmp_path / "nginx.conf"
@@ -135,6 +155,7 @@ def test_real_nginx_accepts_the_configuration(tmp_path: Path) -> None:
             client_ca=str(tenant.guard.ca),
             run_dir=str(tmp_path / "run"),
             bind_address="127.0.0.1",
+            log_requests=log_requests,
         )
     )
 

@@ -25,7 +25,7 @@ from hooks import job, kube, names, pki
 from hooks.settings import Settings
 from tests.job.fake import FakeApi
 from tests.job.world import APISERVER_NAMESPACE, TENANT, ApiServer, C, Proxy, World
-from tests.support import certs, etcd
+from tests.support import certs, etcd, processes
 from tests.support.certs import TLSFiles
 from tests.support.guard import start_guard
 
@@ -81,17 +81,12 @@ class Files:
 
 def etcdctl(port: int, tls: TLSFiles, *args: str) -> subprocess.CompletedProcess[str]:
     """The real etcdctl connecting to https://etcd-<N>.<C>.svc:<port>, the name resolved to 127.0.0.1 for it alone."""
-    hosts = tls.ca.parent / "hosts"
-    hosts.write_text(f"127.0.0.1 localhost {HOST}\n")
-    command = " ".join(
-        [
-            "mount --bind", str(hosts), "/etc/hosts &&", "exec", etcd.binary("etcdctl"),
-            f"--endpoints=https://{HOST}:{port}", "--dial-timeout=3s", "--command-timeout=4s",
-            f"--cacert={tls.ca}", f"--cert={tls.cert}", f"--key={tls.key}", *args,
-        ]
-    )  # fmt: skip
+    argv = [
+        etcd.binary("etcdctl"), f"--endpoints=https://{HOST}:{port}", "--dial-timeout=3s", "--command-timeout=4s",
+        f"--cacert={tls.ca}", f"--cert={tls.cert}", f"--key={tls.key}", *args,
+    ]  # fmt: skip
     return subprocess.run(
-        ["unshare", "--mount", "sh", "-c", command],
+        processes.with_hosts({HOST: "127.0.0.1"}, tls.ca.parent, argv),
         capture_output=True, text=True, timeout=30, check=False, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
 

@@ -58,8 +58,13 @@ def nginx_binary() -> str:
     return found
 
 
-def start_guard(workdir: Path, tls: TLSFiles, proxy: GrpcProxy, *, name: str = "guard") -> Guard:
-    """nginx with the production configuration but loopback ports and staged paths; ready once /readyz is 200."""
+def start_guard(
+    workdir: Path, tls: TLSFiles, proxy: GrpcProxy, *, name: str = "guard", log_requests: bool = False
+) -> Guard:
+    """nginx with the production configuration but loopback ports and staged paths; ready once /readyz is 200.
+
+    `log_requests` makes it log every request too (`guard request ... rpc="<path>"`), to record the RPCs a client uses.
+    """
     uid, gid = _unprivileged()
     directory = Path(tempfile.mkdtemp(prefix=f"etcdstorage-{name}-"))
     staged = TLSFiles(
@@ -83,6 +88,7 @@ def start_guard(workdir: Path, tls: TLSFiles, proxy: GrpcProxy, *, name: str = "
             run_dir=str(run_dir),
             bind_address="127.0.0.1",
             worker_processes=1,
+            log_requests=log_requests,
         )
     )
     for path in (directory, run_dir, config):

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
 
@@ -115,6 +115,20 @@ def running(process: Process) -> Iterator[Process]:
         yield process
     finally:
         process.stop()
+
+
+def with_hosts(hosts: Mapping[str, str], directory: Path, argv: Sequence[str]) -> list[str]:
+    """`argv` run in a private mount namespace whose /etc/hosts maps each name of `hosts` to its address (and
+    localhost to 127.0.0.1): a process reaches a Service's DNS name on loopback, the machine's /etc/hosts untouched.
+
+    The hosts file is written to `directory`. `unshare --mount` needs root; others get a user namespace mapped to root.
+    """
+    path = directory / "hosts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{address} {name}\n" for name, address in {"localhost": "127.0.0.1", **hosts}.items()))
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    # sh execs argv in place: the pid started (and later stopped) is the program's own.
+    return [*unshare, "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(path), *argv]
 
 
 def free_port() -> int:

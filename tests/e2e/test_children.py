@@ -1,0 +1,223 @@
+"""The hook's children in a real API server. For EtcdStorages created there, the requests Metacontroller would send
+are built from the live objects and POSTed to the hook served by a real uvicorn process (`python -m hooks`); every
+child it answers is applied as Metacontroller applies it (server-side apply, field manager `metacontroller`, with the
+parent's controller-uid label and ownerReference) into the controller namespace.
+
+No controller runs here, so Deployments never get pods: the proxy pod template meets Pod admission through a
+server-side dry run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any, Final
+
+import httpx
+import pytest
+
+from hooks import names
+from tests.e2e import harness
+from tests.e2e.install import C, failures_of, get, load, pod_dry_run, resource_versions, run_job, tenant_from_example
+from tests.support import processes
+
+pytestmark = pytest.mark.e2e
+
+FIELD_MANAGER: Final = "metacontroller"  # Metacontroller's with --apply-strategy=server-side-apply
+CONTROLLER_UID_LABEL: Final = "controller-uid"  # what generateSelector selects children by
+[COMPOSITE_CONTROLLER] = load(harness.REPO / "metacontroller" / "compositecontroller.yaml")
+HOOK_START_TIMEOUT: Final = 20.0  # seconds
+# The original project's example as it is, and one using every optional field added since.
+PARENTS: Final = {
+    "the original example": {},
+    "the new optional fields": {"renewBefore": "240h", "keyAlgorithm": "RSA2048", "replicas": 2},
+}
+
+Body = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """`python -m hooks` on a free port (default settings: the controller namespace of manifests/), as a client."""
+    port = processes.free_port()
+    argv = [sys.executable, "-m", "hooks", "--port", str(port), "--log-level", "warning"]
+    process = processes.start("hook", argv, log_dir=tmp_path_factory.mktemp("hook"), cwd=harness.REPO)
+    with processes.running(process), httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as client:
+        process.wait_until(lambda: processes.accepts_connections(port), what="listening", timeout=HOOK_START_TIMEOUT)
+        assert client.get("/healthz").status_code == 200
+        yield client
+
+
+@pytest.fixture(scope="module", params=list(PARENTS.values()), ids=list(PARENTS))
+def parent(
+    request: pytest.FixtureRequest, installed: harness.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Body]:
+    """A live EtcdStorage whose certificates the job has issued, shared by this module's tests (each applies what the
+    hook answers, which converges); it and its children are deleted afterwards (nothing garbage-collects here)."""
+    name, _ = tenant_from_example(installed, "children", request.param)
+    try:
+        ran = run_job(installed, tmp_path_factory.mktemp("job"))
+        assert failures_of(ran.stderr, name) == [], ran.stderr
+        yield get(installed, "etcdstorage", "", name)
+    finally:
+        for kind in ("deployment", "service", "poddisruptionbudget"):
+            installed.kubectl("delete", kind, names.proxy_name(name), f"--namespace={C}", "--ignore-not-found")
+        installed.kubectl("delete", "etcdstorage", name, "--ignore-not-found")
+
+
+def call(hook: httpx.Client, path: str, body: Body) -> Body:
+    answer = hook.post(path, json=body)
+    assert answer.status_code == 200, answer.text
+    parsed: Body = answer.json()
+    return parsed
+
+
+def related_for(plane: harness.ControlPlane, hook: httpx.Client, parent: Body) -> dict[str, dict[str, Body]]:
+    """What Metacontroller sends as `related`: the objects the customize hook asks for, as they are live."""
+    rules = call(hook, "/customize", {"controller": COMPOSITE_CONTROLLER, "parent": parent})["relatedResources"]
+    related: dict[str, dict[str, Body]] = {}
+    for rule in rules:
+        assert rule["apiVersion"] == "v1"
+        assert rule["resource"] == "configmaps"
+        found = related.setdefault("ConfigMap.v1", {})
+        for name in rule["names"]:
+            configmap = get(plane, "configmap", rule["namespace"], name)
+            found[f"{rule['namespace']}/{name}"] = configmap
+    return related
+
+
+def sync_request(plane: harness.ControlPlane, hook: httpx.Client, parent: Body, children: list[Body]) -> Body:
+    """The sync request for `parent` with `children` observed, keyed as Metacontroller keys them (for a cluster-scoped
+    parent "<Kind>.<apiVersion>", then "<namespace>/<name>"), one entry per child type even when empty."""
+    observed: dict[str, dict[str, Body]] = {
+        "Deployment.apps/v1": {},
+        "Service.v1": {},
+        "PodDisruptionBudget.policy/v1": {},
+    }
+    for child in children:
+        key = f"{child['metadata']['namespace']}/{child['metadata']['name']}"
+        observed[f"{child['kind']}.{child['apiVersion']}"][key] = child
+    return {
+        "controller": COMPOSITE_CONTROLLER,
+        "parent": parent,
+        "children": observed,
+        "related": related_for(plane, hook, parent),
+        "finalizing": False,
+    }
+
+
+def apply_as_metacontroller(plane: harness.ControlPlane, parent: Body, desired: list[Body]) -> list[Body]:
+    """Apply the hook's children as Metacontroller does with generateSelector and server-side apply: its label and a
+    controller reference to the parent added, then applied with force. Returns the live objects."""
+    documents = []
+    for child in desired:
+        document = copy.deepcopy(child)
+        metadata = document["metadata"]
+        metadata["labels"] = {**metadata.get("labels", {}), CONTROLLER_UID_LABEL: parent["metadata"]["uid"]}
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": parent["apiVersion"],
+                "kind": parent["kind"],
+                "name": parent["metadata"]["name"],
+                "uid": parent["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        documents.append(document)
+    applied = plane.kubectl(
+        "apply",
+        "--server-side",
+        f"--field-manager={FIELD_MANAGER}",
+        "--force-conflicts",
+        "--filename=-",
+        "--output=json",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}),
+    )
+    listed = json.loads(applied.stdout)
+    items: list[Body] = listed["items"] if listed.get("kind") == "List" else [listed]
+    return items
+
+
+def write_status(plane: harness.ControlPlane, parent: Body, status: Body) -> Body:
+    """What Metacontroller does with the hook's status: replace the whole status, with observedGeneration, through
+    the status subresource. Returns the parent as stored."""
+    current = get(plane, "etcdstorage", "", parent["metadata"]["name"])
+    current["status"] = {**status, "observedGeneration": current["metadata"]["generation"]}
+    replaced = plane.kubectl("replace", "--subresource=status", "--filename=-", "-o=json", input=json.dumps(current))
+    stored: Body = json.loads(replaced.stdout)
+    return stored
+
+
+def test_the_api_server_accepts_every_child_and_applying_the_same_answer_again_changes_nothing(
+    installed: harness.ControlPlane, hook: httpx.Client, parent: Body
+) -> None:
+    answer = call(hook, "/sync", sync_request(installed, hook, parent, []))
+    applied = apply_as_metacontroller(installed, parent, answer["children"])
+
+    proxy = names.proxy_name(parent["metadata"]["name"])
+    assert sorted((child["kind"], child["metadata"]["namespace"], child["metadata"]["name"]) for child in applied) == [
+        ("Deployment", C, proxy),
+        ("PodDisruptionBudget", C, proxy),
+        ("Service", C, proxy),
+    ]
+    [deployment] = [child for child in applied if child["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == parent["spec"].get("replicas", 3)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert names.ANNOTATION_CERTIFICATES_HASH in annotations  # from the job's report, through the related ConfigMap
+    selection = [f"{child['kind'].lower()}/{child['metadata']['name']}" for child in applied]
+    before = resource_versions(installed, f"--namespace={C}", *selection)
+
+    apply_as_metacontroller(installed, parent, answer["children"])
+
+    assert resource_versions(installed, f"--namespace={C}", *selection) == before
+
+
+def test_the_restricted_pod_security_level_of_the_controller_namespace_admits_the_proxy_pod(
+    installed: harness.ControlPlane, hook: httpx.Client, parent: Body
+) -> None:
+    [namespace] = load(harness.REPO / "manifests" / "namespace.yaml")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert get(installed, "namespace", "", C)["metadata"]["labels"] == namespace["metadata"]["labels"] | {
+        "kubernetes.io/metadata.name": C
+    }
+    answer = call(hook, "/sync", sync_request(installed, hook, parent, []))
+    [deployment] = apply_as_metacontroller(
+        installed, parent, [child for child in answer["children"] if child["kind"] == "Deployment"]
+    )
+    template = deployment["spec"]["template"]  # as stored, with the API server's defaults
+
+    admitted = pod_dry_run(installed, template, C, f"{deployment['metadata']['name']}-admission")
+
+    assert admitted.returncode == 0, admitted.stderr
+    assert "Warning" not in admitted.stderr, admitted.stderr
+    # The same check refuses a pod that breaks the level, so the acceptance above means something.
+    escalating = copy.deepcopy(template)
+    escalating["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    refused = pod_dry_run(installed, escalating, C, f"{deployment['metadata']['name']}-admission")
+    assert refused.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in refused.stderr
+
+
+def test_the_live_children_fed_back_give_the_same_children_and_a_status_that_settles(
+    installed: harness.ControlPlane, hook: httpx.Client, parent: Body
+) -> None:
+    first = call(hook, "/sync", sync_request(installed, hook, parent, []))
+    children = apply_as_metacontroller(installed, parent, first["children"])
+    stored = write_status(installed, parent, first["status"])
+    # The CRD keeps every status field the hook writes: a pruned one would differ on every sync, and each difference
+    # is a status write that triggers the next sync.
+    assert stored["status"] == {**first["status"], "observedGeneration": stored["metadata"]["generation"]}
+
+    second = call(hook, "/sync", sync_request(installed, hook, stored, children))
+    assert second["children"] == first["children"]
+    versions = {child["metadata"]["uid"]: child["metadata"]["resourceVersion"] for child in children}
+    reapplied = apply_as_metacontroller(installed, parent, second["children"])
+    assert {child["metadata"]["uid"]: child["metadata"]["resourceVersion"] for child in reapplied} == versions
+    stored = write_status(installed, parent, second["status"])
+
+    third = call(hook, "/sync", sync_request(installed, hook, stored, reapplied))
+    assert third["children"] == first["children"]
+    assert third["status"] == second["status"]  # a fixed point: Metacontroller has nothing more to write
+    assert third["status"]["keyPrefix"] == names.key_prefix(parent["metadata"]["name"])
