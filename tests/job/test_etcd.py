@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -40,20 +39,6 @@ SPEC: Final[dict[str, Any]] = {
     "clientCertificateValidity": "10m",
 }
 HOST: Final = names.service_hosts(TENANT, C, "cluster.local")[2]  # etcd-<N>.<C>.svc, the endpoint in status
-
-
-def _can_remap_hosts() -> bool:
-    """etcdctl must reach the proxy by its Service name: a private mount namespace maps it to 127.0.0.1."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return False
-    probe = subprocess.run([unshare, "--mount", "true"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-requires_unshare = pytest.mark.skipif(
-    not _can_remap_hosts(), reason="needs `unshare --mount` (root) to map the Service name"
-)
 
 
 @dataclasses.dataclass
@@ -160,7 +145,6 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@requires_unshare
 def test_etcd_accepts_what_the_job_issued_through_a_leaf_renewal_and_a_full_ca_rotation(
     core: etcd.EtcdServer, tmp_path: Path
 ) -> None:
