@@ -116,3 +116,25 @@ def test_kube_maps_a_refusal_by_rbac_to_forbidden(
     with installed.api_client(kubeconfig) as client, pytest.raises(kube.ForbiddenError) as refused:
         kube.Kubernetes(client).get(kube.Kind.SECRET, namespace, "anything")
     assert refused.value.status == 403
+
+
+def test_the_jobs_service_account_reads_no_secret_it_was_not_granted(
+    installed: harness.ControlPlane, tmp_path: Path
+) -> None:
+    _, namespace = tenant_from_example(installed)
+    core_secret = f"core-admin-{secrets.token_hex(3)}"
+    installed.kubectl("create", "secret", "generic", "unrelated", "--from-literal=k=v", f"--namespace={namespace}")
+    installed.kubectl("create", "secret", "generic", core_secret, "--from-literal=k=v", "--namespace=kube-system")
+    kubeconfig = installed.kubeconfig_for_token(installed.token(C, job.SERVICE_ACCOUNT), tmp_path / "job.kubeconfig")
+
+    def refused(*args: str) -> bool:
+        result = installed.kubectl(*args, kubeconfig=kubeconfig, check=False)
+        return result.returncode != 0 and "forbidden" in result.stderr.lower()
+
+    assert refused("get", "secret", "unrelated", f"--namespace={namespace}")
+    assert refused("get", "secrets", f"--namespace={namespace}")  # a list would bypass resourceNames
+    assert refused("get", "secret", core_secret, "--namespace=kube-system")
+    assert refused("get", "secrets", "--all-namespaces")
+    assert refused("get", "secrets", f"--namespace={C}")  # in its own namespace it gets by name, never lists
+    granted = installed.kubectl("get", "secret", "etcd-client-cert", f"--namespace={namespace}", kubeconfig=kubeconfig)
+    assert granted.returncode == 0
