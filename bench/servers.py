@@ -1,4 +1,5 @@
-"""Processes for benchmarks: free ports, a server started and stopped around a measurement, figure tables."""
+"""Processes for benchmarks: free ports, a server started and stopped around a measurement; figures: tables,
+percentiles, and the machine they were taken on."""
 
 from __future__ import annotations
 
@@ -66,3 +67,17 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
         for row in cells[1:]
     ]
     return "\n".join(lines)
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The `p`th percentile of sorted values (nearest rank); NaN for no values."""
+    if not ordered:
+        return float("nan")
+    rank = max(1, round(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def machine(prefix: str = "machine") -> str:
+    """Cores and load average: figures taken while other work runs on the machine are noisy, and say so."""
+    one, five, fifteen = os.getloadavg()
+    return f"{prefix}: {os.cpu_count()} cores, load average {one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min)"

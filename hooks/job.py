@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import dataclasses
 import hashlib
 import json
@@ -351,12 +350,14 @@ class _TenantPass:
             self.outcome.written += 1
             return created
 
-        desired = copy.deepcopy(current)
+        # A shallow copy: what changes is replaced below by new dicts and lists, never modified in place, so the
+        # object as read stays intact for the comparison (a deep copy of every object read cost more than that).
+        desired = {**current, "metadata": {**(current.get("metadata") or {})}}
         if whole_data:
             desired["data"] = dict(data)
         elif data:
             desired["data"] = {**(current.get("data") or {}), **data}
-        metadata = desired.setdefault("metadata", {})
+        metadata = desired["metadata"]
         if annotations:
             metadata["annotations"] = {**(metadata.get("annotations") or {}), **annotations}
         if owned:  # also adopts what the original controller created without owner or labels
