@@ -68,6 +68,11 @@ class Api(Protocol):
         """The object, or None when it does not exist."""
         ...
 
+    def list_page(self, kind: Kind, namespace: str, *, limit: int, token: str = "") -> tuple[list[dict[str, Any]], str]:
+        """Up to `limit` objects of the namespace, each as `get` gives it (resourceVersion included), and the token
+        that continues the list ("" after the last page). The pages of one list are one consistent snapshot."""
+        ...
+
     def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create; `ConflictError` when it already exists."""
         ...
@@ -99,6 +104,13 @@ class Kubernetes:
             return self._request("GET", _path(kind, namespace, name))
         except NotFoundError:
             return None
+
+    def list_page(self, kind: Kind, namespace: str, *, limit: int, token: str = "") -> tuple[list[dict[str, Any]], str]:
+        query = f"?limit={limit}" + (f"&continue={quote(token, safe='')}" if token else "")
+        page = self._request("GET", _path(kind, namespace) + query)
+        # A List's items carry no apiVersion and kind; put them back so that an item is what a GET of it serves.
+        items = [{"apiVersion": "v1", "kind": str(kind), **item} for item in page.get("items") or []]
+        return items, str((page.get("metadata") or {}).get("continue") or "")
 
     def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self._request("POST", _path(kind, namespace), dict(body))
@@ -132,6 +144,17 @@ class Kubernetes:
         if not isinstance(parsed, dict):
             raise ApiError(response.status, "InvalidResponse", "the API server answered something other than an object")
         return parsed
+
+
+def list_all(api: Api, kind: Kind, namespace: str) -> list[dict[str, Any]]:
+    """Every object of `kind` in `namespace`, page by page (`LIST_PAGE` a page)."""
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        page, token = api.list_page(kind, namespace, limit=LIST_PAGE, token=token)
+        items.extend(page)
+        if not token:
+            return items
 
 
 class ConnectError(Exception):

@@ -1,12 +1,15 @@
 """A FAKE of the few Kubernetes API calls the cert-rotation job makes (`hooks.kube.Api`), in memory.
 
 What it does like the API server: objects as plain dicts, deep-copied in and out; a resourceVersion per object that
-changes on every write; `replace` with a stale or missing resourceVersion is a 409 Conflict, `create` of an existing
-object a 409 AlreadyExists, `replace` of a missing one a 404; uid, creationTimestamp and generation set on create;
-Secret `data` must be base64 and ConfigMap `data` strings (422 otherwise); ownerReferences must name a uid.
-Test hooks: RBAC refusals per (verb, kind, namespace, name) as 403, or grants by name as a Role's resourceNames;
-a crash after N writes (`Crash`, which the job must not catch, like a killed pod); a concurrent writer that bumps an
-object just before the job's next write to it.
+changes on every write; a paged list of a namespace's objects by name, `limit` a page and a `continue` token, every
+page from the snapshot taken at the first (an unknown token is a 410 Expired); `replace` with a stale or missing
+resourceVersion is a 409 Conflict, `create` of an existing object a 409 AlreadyExists, `replace` of a missing one a
+404; uid, creationTimestamp and generation set on create; Secret `data` must be base64 and ConfigMap `data` strings
+(422 otherwise); ownerReferences must name a uid. Every get and list request is recorded in `reads`, every write in
+`writes`.
+Test hooks: RBAC refusals per (verb, kind, namespace, name) as 403 (name "*" for list), or grants by name as a Role's
+resourceNames; a crash after N writes (`Crash`, which the job must not catch, like a killed pod); a concurrent writer
+that bumps an object just before the job's next write to it.
 
 What it does NOT cover: authentication and real RBAC evaluation, admission (the CRD's schema and CEL rules),
 defaulting, field managers, server-side apply, watches, garbage collection of owned objects, the type immutability
@@ -41,17 +44,28 @@ class Write:
     name: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Read:
+    verb: str  # get | list (one per page)
+    kind: kube.Kind
+    namespace: str
+    name: str  # "" for a list
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.etcdstorages: dict[str, dict[str, Any]] = {}
         self.writes: list[Write] = []
+        self.reads: list[Read] = []
         self.forbidden: set[tuple[str, kube.Kind, str, str]] = set()  # (verb, kind, namespace, name); name "*": all
         self.allowed_only: dict[tuple[str, kube.Kind, str], set[str]] = {}  # (verb, kind, namespace) -> names
         self.list_forbidden = False
         self.crash_after: int | None = None  # writes that succeed before `Crash`
         self.interfere: dict[Key, int] = {}  # per object: how many of the job's next updates another writer beats
         self._versions = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._lists: dict[str, list[dict[str, Any]]] = {}  # continue token -> the rest of that list's snapshot
 
     # --- setting up ---
 
@@ -106,8 +120,30 @@ class FakeApi:
 
     def get(self, kind: kube.Kind, namespace: str, name: str) -> dict[str, Any] | None:
         self._check("get", kind, namespace, name)
+        self.reads.append(Read("get", kind, namespace, name))
         obj = self.objects.get((kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
+
+    def list_page(
+        self, kind: kube.Kind, namespace: str, *, limit: int, token: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        self._check("list", kind, namespace, "*")
+        self.reads.append(Read("list", kind, namespace, ""))
+        if limit <= 0:
+            raise kube.ApiError(400, "BadRequest", "limit must be positive")
+        if token:
+            if token not in self._lists:
+                raise kube.ApiError(410, "Expired", "the provided continue parameter is too old")
+            rest = self._lists.pop(token)
+        else:
+            found = [(key[2], obj) for key, obj in self.objects.items() if key[0] is kind and key[1] == namespace]
+            rest = [copy.deepcopy(obj) for _, obj in sorted(found, key=lambda item: item[0])]
+        page, rest = rest[:limit], rest[limit:]
+        if not rest:
+            return page, ""
+        following = f"page-{next(self._tokens)}"
+        self._lists[following] = rest
+        return page, following
 
     def create(self, kind: kube.Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]

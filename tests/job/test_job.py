@@ -4,6 +4,7 @@ does not cover), with an injected clock. Real etcd and grpc-proxy judge the same
 from __future__ import annotations
 
 import base64
+import collections
 import copy
 import dataclasses
 import json
@@ -366,6 +367,126 @@ def test_writes_that_keep_conflicting_give_up_after_a_bounded_number_of_passes(w
         assert world.run(T0) == job.EXIT_FAILURES
     assert len(lines(logs, "write conflict: reading the tenant again")) == job.ATTEMPTS
     assert "attempts=3" in lines(logs, "tenant failed: writes kept conflicting")[0]
+
+
+# --- Reading the controller namespace by LIST ----------------------------------------------------------------------
+
+
+def three_tenants() -> World:
+    world = new_world()
+    world.add_tenant("second", "second-ns")
+    world.add_tenant("third", "third-ns")
+    assert world.run(T0) == job.EXIT_OK
+    world.api.reads.clear()
+    return world
+
+
+def test_a_fresh_pass_lists_the_controller_namespace_twice_and_gets_only_the_destinations() -> None:
+    world = three_tenants()
+    writes = len(world.api.writes)
+    assert world.run(T0 + timedelta(days=1)) == job.EXIT_OK
+    assert len(world.api.writes) == writes
+    assert sorted((read.verb, read.kind, read.namespace, read.name) for read in world.api.reads) == sorted(
+        [("list", kube.Kind.CONFIGMAP, C, ""), ("list", kube.Kind.SECRET, C, "")]
+        + [
+            (verb, kind, namespace, name)
+            for namespace in (APISERVER_NAMESPACE, "second-ns", "third-ns")
+            for verb, kind, name in (("get", kube.Kind.CONFIGMAP, SERVING_CA), ("get", kube.Kind.SECRET, CLIENT_CERT))
+        ]
+    )
+
+
+def test_the_controller_namespace_is_listed_page_by_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = three_tenants()
+    before = world.api.snapshot()
+    monkeypatch.setattr(kube, "LIST_PAGE", 2)
+    assert world.run(T0 + timedelta(days=1)) == job.EXIT_OK
+    assert world.api.snapshot() == before  # every object was found: nothing created or reissued
+    lists = collections.Counter(read.kind for read in world.api.reads if read.verb == "list")
+    # 3 CA ConfigMaps and the core CA; 3 signers, 3 server certificates and the core certificate.
+    assert lists == {kube.Kind.CONFIGMAP: 2, kube.Kind.SECRET: 4}
+    assert all(read.namespace != C for read in world.api.reads if read.verb == "get")
+
+
+def test_a_write_over_an_object_changed_after_the_list_is_refused_and_redone_from_a_get(world: World) -> None:
+    world.run(T0)
+    server_cert = names.server_cert_secret(TENANT)
+    list_page = world.api.list_page
+
+    def then_another_writer(kind: kube.Kind, namespace: str, *, limit: int, token: str = "") -> Any:
+        page = list_page(kind, namespace, limit=limit, token=token)
+        if kind is kube.Kind.SECRET:  # after the list, someone labels the server certificate's Secret
+            changed = world.api.object(kube.Kind.SECRET, C, server_cert)
+            changed["metadata"]["labels"] = {**changed["metadata"]["labels"], "audited": "yes"}
+            world.api.put(kube.Kind.SECRET, C, server_cert, changed)
+        return page
+
+    world.api.list_page = then_another_writer  # type: ignore[method-assign]
+    world.settings = dataclasses.replace(world.settings, cluster_domain="corp.example")  # the serving leaf is due
+    world.api.reads.clear()
+    with captured_logs() as logs:
+        assert world.run(T0 + MINUTE) == job.EXIT_OK
+    assert len(lines(logs, "write conflict: reading the tenant again")) == 1
+    assert job_reads(world, "get", C) == sorted(
+        [
+            (kube.Kind.CONFIGMAP, names.client_ca_configmap(TENANT)),
+            (kube.Kind.SECRET, names.signer_secret(TENANT)),
+            (kube.Kind.SECRET, server_cert),
+        ]
+    )
+    secret = world.api.object(kube.Kind.SECRET, C, server_cert)
+    assert secret["metadata"]["labels"]["audited"] == "yes"  # the other writer's change is kept: no blind overwrite
+    assert "etcd-sample-apiserver.kube-apiserver-storage.svc.corp.example" in pki.dns_names(
+        pki.parse_certs(world.proxy().server_cert)[0]
+    )
+    assert connects(world.proxy(), world.apiserver(), T0 + MINUTE) is None
+
+
+def test_an_object_created_after_the_list_is_read_by_get_and_updated(world: World) -> None:
+    world.run(T0)
+    key = (kube.Kind.CONFIGMAP, C, names.client_ca_configmap(TENANT))
+    created_by_another = world.api.objects.pop(key)
+    created_by_another["metadata"]["labels"] = {"restored-by": "backup"}
+    list_page = world.api.list_page
+
+    def then_another_writer(kind: kube.Kind, namespace: str, *, limit: int, token: str = "") -> Any:
+        page = list_page(kind, namespace, limit=limit, token=token)
+        if kind is kube.Kind.CONFIGMAP and key not in world.api.objects:
+            world.api.put(*key, created_by_another)
+        return page
+
+    world.api.list_page = then_another_writer  # type: ignore[method-assign]
+    writes = len(world.api.writes)
+    with captured_logs() as logs:
+        assert world.run(T0 + MINUTE) == job.EXIT_OK
+    assert len(lines(logs, "write conflict: reading the tenant again")) == 1  # its create met AlreadyExists
+    assert [(write.verb, write.name) for write in world.api.writes[writes:]] == [("update", key[2])]  # adopted
+    configmap = world.api.object(*key)
+    assert configmap["metadata"]["labels"] == {"restored-by": "backup", **names.certificate_labels(TENANT)}
+    assert report.from_annotations(configmap["metadata"]["annotations"]) is not None
+    assert connects(world.proxy(), world.apiserver(), T0 + MINUTE) is None
+
+
+def test_without_the_right_to_list_the_pass_reads_each_object_by_get_and_says_which_grant_is_missing(
+    world: World,
+) -> None:
+    world.run(T0)
+    world.api.reads.clear()
+    world.api.forbid("list", kube.Kind.SECRET, C)
+    writes = len(world.api.writes)
+    with captured_logs() as logs:
+        assert world.run(T0 + MINUTE) == job.EXIT_OK
+    [line] = lines(logs, "cannot list the controller namespace: reading objects one by one")
+    assert "level=warning" in line
+    assert "apply manifests/cert-rotation-rbac.yaml" in line
+    assert len(world.api.writes) == writes
+    assert len(job_reads(world, "get", C)) == 5  # the core CA and certificate, the tenant's three objects
+
+
+def job_reads(world: World, verb: str, namespace: str) -> list[tuple[kube.Kind, str]]:
+    return sorted(
+        (read.kind, read.name) for read in world.api.reads if read.verb == verb and read.namespace == namespace
+    )
 
 
 # --- Killed half-way -----------------------------------------------------------------------------------------------

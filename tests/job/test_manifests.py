@@ -3,7 +3,9 @@ it as the design says, and the example an API server operator copies works with 
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 import yaml
 
 from hooks import job, kube, names
-from tests.job.world import T0, World, connects, new_world
+from tests.job.world import T0, TENANT, C, World, connects, new_world
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -71,9 +73,14 @@ def test_the_job_is_granted_exactly_the_verbs_it_uses(tmp_path: Path) -> None:
     assert sorted(rule["resources"]) == ["configmaps", "secrets"]
 
     world = new_world()
-    world.run(T0)  # a first run creates and updates; get is how it reads
-    used = {"get"} | {write.verb for write in world.api.writes}
-    assert set(rule["verbs"]) == used
+    world.run(T0)  # a first run lists, creates and updates
+    # A reissue whose write conflicts: get is how the job reads an object again.
+    world.settings = dataclasses.replace(world.settings, cluster_domain="corp.example")
+    world.api.interfere[(kube.Kind.SECRET, C, names.server_cert_secret(TENANT))] = 1
+    assert world.run(T0 + timedelta(minutes=1)) == job.EXIT_OK
+    used = {read.verb for read in world.api.reads if read.namespace == C}
+    used |= {write.verb for write in world.api.writes if write.namespace == C}
+    assert set(rule["verbs"]) == used == {"get", "list", "create", "update"}
     for binding in (one(rbac, "RoleBinding"), one(rbac, "ClusterRoleBinding")):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": job.SERVICE_ACCOUNT, "namespace": names.DEFAULT_CONTROLLER_NAMESPACE}
