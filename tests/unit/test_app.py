@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from datetime import UTC, datetime
@@ -10,11 +9,11 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from hooks.app import create_app
 from hooks.settings import Settings
 from tests.support.asgi import get, post
+from tests.support.mutations import json_values, mutated_requests
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage, sync_request
 
 APP = create_app(Settings(), clock=lambda: datetime(2026, 11, 21, tzinfo=UTC))
@@ -79,41 +78,6 @@ def test_health_and_metrics_are_served_and_errors_are_counted_by_reason() -> Non
     assert 'etcdstorage_hook_errors_total{path="/sync",reason="invalid_json"} 1.0' in metrics
     assert 'etcdstorage_hook_requests_total{code="200",path="/sync"} 1.0' in metrics
     assert 'etcdstorage_hook_request_duration_seconds_count{path="/sync"} 2.0' in metrics
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8,
-)
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += paths(item, (*prefix, index))
-    return found
-
-
-@st.composite
-def mutated_requests(draw: st.DrawFn) -> dict[str, Any]:
-    """A real request with one to three places replaced by random JSON or removed."""
-    request = sync_request(copy.deepcopy(ORIGINAL_EXAMPLE))
-    for _ in range(draw(st.integers(min_value=1, max_value=3))):
-        places = paths(request)
-        path = draw(st.sampled_from(places))
-        holder = request
-        for step in path[:-1]:
-            holder = holder[step]
-        if draw(st.booleans()) and isinstance(holder, dict):
-            del holder[path[-1]]
-        else:
-            holder[path[-1]] = draw(json_values)
-    return request
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)

@@ -21,45 +21,14 @@ from pydantic import BaseModel, ValidationError
 from hooks import status
 from hooks.app import HookError, encode_answer, parse_body
 from hooks.wire import CustomizeRequest, CustomizeResponse, RelatedResourceRule, SyncRequest, SyncResponse
+from tests.support.mutations import json_values, mutated_requests
 from tests.support.objects import ORIGINAL_EXAMPLE, sync_request
-
-# Integers of any size (orjson turns those beyond 64 bits into floats), infinities (which orjson refuses to read).
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=2**62, max_value=2**66)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8,
-)
-
-
-def places(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += places(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += places(item, (*prefix, index))
-    return found
 
 
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
     """A real request with places replaced by random JSON or removed, as JSON; or random bytes; or a cut body."""
-    request = sync_request(copy.deepcopy(ORIGINAL_EXAMPLE))
-    for _ in range(draw(st.integers(min_value=0, max_value=3))):
-        path = draw(st.sampled_from(places(request)))
-        holder = request
-        for step in path[:-1]:
-            holder = holder[step]
-        if draw(st.booleans()) and isinstance(holder, dict):
-            del holder[path[-1]]
-        else:
-            holder[path[-1]] = draw(json_values)
+    request = draw(mutated_requests(min_changes=0))
     body = json.dumps(request).encode()  # Infinity for infinities, integers of any size as they are
     kind = draw(st.sampled_from(["request", "cut", "bytes"]))
     if kind == "cut":
