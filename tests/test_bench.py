@@ -66,7 +66,7 @@ def test_the_data_path_benchmark_prints_kv_and_watch_figures_for_both_paths() ->
 def test_the_job_benchmark_prints_passes_keys_and_start_up_figures() -> None:
     found = run("job", timeout=180)
     assert rows_of(found, "One job pass, in-process, against kube-apiserver") == 4  # 1 and 5 tenants, fresh and due
-    assert rows_of(found, "Not done, for comparison") == 2
+    assert rows_of(found, "The fresh pass's reads in the controller namespace") == 2
     assert rows_of(found, "Key generation") == 2
     assert rows_of(found, "A tenant's first issuance") == 2
     assert rows_of(found, "Job process start-up") == 2
