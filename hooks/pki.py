@@ -65,7 +65,7 @@ def new_ca(common_name: str, *, now: datetime, validity: timedelta, algorithm: K
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = _whole_seconds(now)
     builder = (
-        _base(subject, key, start=start, not_after=start + _whole(validity))
+        _base(subject, key, start=start, not_after=start + issued_validity(validity))
         .issuer_name(subject)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(cert_sign=True), critical=True)
@@ -248,7 +248,8 @@ def _whole_seconds(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(microsecond=0)
 
 
-def _whole(span: timedelta) -> timedelta:
+def issued_validity(span: timedelta) -> timedelta:
+    """A validity as issued: whole seconds. The rotation policy expects a certificate's end by the same rule."""
     return timedelta(seconds=int(span.total_seconds()))
 
 
@@ -268,7 +269,7 @@ def _leaf(
     ca: KeyPair, subject: x509.Name, key: PrivateKey, *, now: datetime, validity: timedelta
 ) -> x509.CertificateBuilder:
     start = _whole_seconds(now)
-    not_after = min(start + _whole(validity), ca.cert.not_valid_after_utc)  # a leaf never outlives its CA
+    not_after = min(start + issued_validity(validity), ca.cert.not_valid_after_utc)  # a leaf never outlives its CA
     if not_after <= start:
         raise ValueError("the CA has expired: it cannot issue a valid certificate")
     return (

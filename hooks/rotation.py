@@ -91,7 +91,7 @@ def assess_ca(cert_pem: bytes | None, key_pem: bytes | None, want: Want, now: da
         return stored
     ca = stored.pair.cert
     reasons = [] if pki.is_ca(ca) else [Reason.NOT_A_CA]
-    expected_not_after = ca.not_valid_before_utc + pki.BACKDATE + _whole(want.validity)
+    expected_not_after = ca.not_valid_before_utc + pki.BACKDATE + pki.issued_validity(want.validity)
     return dataclasses.replace(stored, reasons=(*reasons, *_common(ca, want, expected_not_after, now)))
 
 
@@ -110,7 +110,7 @@ def assess_leaf(
         reasons.append(Reason.HOSTS_CHANGED)
     # A leaf never outlives its CA: issued near the CA's end, it is cut short, and that is no change of validity.
     expected_not_after = min(
-        leaf.not_valid_before_utc + pki.BACKDATE + _whole(want.validity), issuer.not_valid_after_utc
+        leaf.not_valid_before_utc + pki.BACKDATE + pki.issued_validity(want.validity), issuer.not_valid_after_utc
     )
     return dataclasses.replace(stored, reasons=(*reasons, *_common(leaf, want, expected_not_after, now)))
 
@@ -140,10 +140,6 @@ def _common(cert: x509.Certificate, want: Want, expected_not_after: datetime, no
     elif now >= cert_renewal_time(cert, want.renew_before):
         reasons.append(Reason.RENEWAL_DUE)
     return reasons
-
-
-def _whole(span: timedelta) -> timedelta:
-    return timedelta(seconds=int(span.total_seconds()))
 
 
 # --- CA rotation -----------------------------------------------------------------------------------------------------
