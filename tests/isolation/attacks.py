@@ -1,6 +1,6 @@
 """What a tenant holding its own client certificate might try, to reach keys or state that are not its own.
 
-Each attack runs against a `Target` (a tenant's guard, or a bare grpc-proxy serving TLS itself, as the original
+Each attack runs against a `Target` (a tenant's proxy, or a bare grpc-proxy serving TLS itself, as the original
 project deployed it) and says what happened as an `Outcome` judged from what a victim would notice: foreign bytes
 in the answer, a core or tenant key changed or gone, a user or member added to the core etcd. The victims are the
 core etcd (keys under /registry) and a second tenant.
@@ -21,7 +21,7 @@ from typing import Final
 
 import grpc
 
-from hooks import guard, pki
+from hooks import pki
 from tests.support import certs, etcdrpc
 from tests.support import etcdwire as wire
 from tests.support.certs import TLSFiles
@@ -73,17 +73,20 @@ CORE_SECRET_PARENT: Final = CORE_SECRET_KEY.rsplit(b"/", 1)[0]  # an election "n
 TENANT_SECRET_KEY: Final = b"/secret"
 WITNESS_KEY: Final = b"/watch-witness"
 ALL_KEYS: Final = (b"\0", b"\0")  # etcd's "every key from the first one": what `etcdctl get --from-key ''` sends
+PROXY_MESSAGE: Final = "etcdstorage tenant proxy: "  # how every refusal of the tenant proxy starts
+DENIED_MESSAGE: Final = "is not allowed for tenants"  # ... and how it says an RPC is off the allowlist
+PERMISSION_DENIED: Final = 7  # the gRPC status code, as a grpc-status header carries it
 QUIET: Final = 1.0  # seconds a watch must stay silent about foreign writes after its own event arrived
 
 
 class Kind(enum.Enum):
     KEYS = "keys"  # allowlisted RPCs: the grpc-proxy's --namespace must confine them to the prefix
-    RPC = "rpc"  # RPCs off the allowlist: the guard must refuse them
-    IDENTITY = "identity"  # clients other than the tenant's API server: the guard must refuse the connection
+    RPC = "rpc"  # RPCs off the allowlist: the tenant proxy must refuse them
+    IDENTITY = "identity"  # clients other than the tenant's API server: the tenant proxy must refuse the connection
 
 
 class Verdict(enum.Enum):
-    REFUSED = "refused"  # stopped before etcd: the guard's gRPC error, a failed handshake, an unknown method
+    REFUSED = "refused"  # stopped before etcd: the tenant proxy's gRPC error, a failed handshake, an unknown method
     ISOLATED = "isolated"  # answered, but only from and into the tenant's own prefix
     REACHED = "reached etcd"  # a non-tenant RPC was answered or executed by the core etcd
     LEAKED = "LEAKED"  # foreign data came back, or foreign data or cluster state changed
@@ -160,7 +163,7 @@ def error_outcome(error: grpc.RpcError, *, allowed: bool) -> Outcome:
     """Classify a failed call: refused before etcd, or answered with an error by etcd (isolated or reached)."""
     code, details = status_of(error)
     gatekeeper = code in {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED}
-    if (code is grpc.StatusCode.PERMISSION_DENIED and details == guard.DENIED_MESSAGE) or gatekeeper:
+    if details.startswith(PROXY_MESSAGE) or gatekeeper:
         return Outcome(Verdict.REFUSED, f"{code.name}: {details[:70]}", code)
     if details == "not implemented":  # grpc-proxy's own answer for what it does not forward (MemberPromote)
         return Outcome(Verdict.REFUSED, "not implemented by grpc-proxy", code)
@@ -220,6 +223,8 @@ def _writes(*operations: Callable[[etcdrpc.Client], object]) -> Callable[[Target
 def _txn(request: bytes, *, must_fail_compare: bool = False) -> Callable[[Target, Victims], Outcome]:
     def run(target: Target, victims: Victims) -> Outcome:
         with target.client() as client:
+            if must_fail_compare:  # an earlier attack may have made the tenant's own key of that name: remove it,
+                client.delete_range(*ALL_KEYS)  # so that only a foreign key can make the compare succeed
             try:
                 answer = client.unary(KV + "Txn", request)
             except grpc.RpcError as error:
@@ -460,9 +465,11 @@ def _https_metrics(target: Target, victims: Victims) -> Outcome:
         response = connection.getresponse()
         body = response.read()
         grpc_status = response.getheader("grpc-status")
+    except (http.client.HTTPException, OSError) as error:  # a gRPC-only server closes an HTTP/1.1 connection
+        return Outcome(Verdict.REFUSED, f"no HTTP answer: {type(error).__name__}")
     finally:
         connection.close()
-    if grpc_status == str(guard.DENIED_STATUS):
+    if grpc_status == str(PERMISSION_DENIED):
         return Outcome(
             Verdict.REFUSED, f"HTTP {response.status}, grpc-status {grpc_status}", grpc.StatusCode.PERMISSION_DENIED
         )
@@ -513,7 +520,7 @@ def _core_client_certificate(target: Target, victims: Victims, directory: Path) 
 
 
 def _serving_ca_certificate(target: Target, victims: Victims, directory: Path) -> TLSFiles:
-    """Signed by the tenant's serving CA, which the API server trusts but the guard must not accept clients from."""
+    """Signed by the tenant's serving CA, which the API server trusts but the proxy must not accept clients from."""
     pair = pki.new_client_cert(
         target.attacker.pki.serving_ca,
         "forged-apiserver",

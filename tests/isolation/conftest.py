@@ -1,5 +1,6 @@
-"""Session fixtures for the isolation suite: one core etcd, two tenants (alpha attacks, beta is a victim) each with
-a real grpc-proxy and guard, and alpha's prefix also served by a bare TLS grpc-proxy as the original deployed it."""
+"""Session fixtures for the isolation suite: one core etcd of each version users run (the whole suite runs once per
+version), two tenants (alpha attacks, beta is a victim) each behind its own tenant proxy, and alpha's prefix also
+served by a bare TLS grpc-proxy as the original project deployed it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from tests.support import stack
 from tests.support.etcd import GrpcProxy, start_grpc_proxy
 
 
-@pytest.fixture(scope="session")
-def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Core]:
-    with stack.core_etcd(tmp_path_factory.mktemp("core")) as started:
+@pytest.fixture(scope="session", params=stack.ETCD_VERSIONS, ids=lambda version: f"etcd-{version}")
+def core(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Core]:
+    with stack.core_etcd(tmp_path_factory.mktemp("core"), version=request.param) as started:
         yield started
 
 
@@ -55,7 +56,7 @@ def bare_proxy(tmp_path_factory: pytest.TempPathFactory, core: stack.Core, alpha
         core.etcd,
         namespace=alpha.prefix,
         name="alpha-bare-grpc-proxy",
-        listen_tls=alpha.pki.guard,
+        listen_tls=alpha.pki.proxy,
     )
     try:
         yield proxy
@@ -64,8 +65,8 @@ def bare_proxy(tmp_path_factory: pytest.TempPathFactory, core: stack.Core, alpha
 
 
 @pytest.fixture
-def guarded(alpha: stack.Tenant) -> Target:
-    return Target(name="guard", address=alpha.guard.address, attacker=alpha)
+def proxied(alpha: stack.Tenant) -> Target:
+    return Target(name="tenant proxy", address=alpha.address, attacker=alpha)
 
 
 @pytest.fixture

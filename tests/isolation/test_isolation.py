@@ -1,7 +1,9 @@
-"""A tenant holding its own client certificate reaches nothing outside its prefix through its guard.
+"""A tenant holding its own client certificate reaches nothing outside its prefix through its tenant proxy.
 
-Every attack of the catalogue (tests/isolation/attacks.py) runs against alpha's guard, with the core etcd and
-tenant beta as victims; a victim's own client checks afterwards that nothing of theirs changed.
+Every attack of the catalogue (tests/isolation/attacks.py) runs against alpha's proxy, with the core etcd and
+tenant beta as victims; a victim's own client checks afterwards that nothing of theirs changed. Attacks with the
+allowlisted RPCs end isolated in the prefix, or refused outright where the proxy's request checks forbid their
+shape (a range inside a Txn, a nested Txn): either way nothing foreign is read or changed.
 """
 
 from __future__ import annotations
@@ -9,9 +11,21 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from hooks import guard
-from tests.isolation.attacks import ALL_KEYS, ATTACKS, ETCD_V3_RPCS, Attack, Kind, Target, Verdict, Victims, status_of
+from tests.isolation.attacks import (
+    ALL_KEYS,
+    ATTACKS,
+    DENIED_MESSAGE,
+    ETCD_V3_RPCS,
+    PROXY_MESSAGE,
+    Attack,
+    Kind,
+    Target,
+    Verdict,
+    Victims,
+    status_of,
+)
 from tests.support import etcdwire as wire
+from tests.support import proxy
 
 pytestmark = pytest.mark.real
 
@@ -21,31 +35,32 @@ def _of(kind: Kind) -> list[Attack]:
 
 
 @pytest.mark.parametrize("attack", _of(Kind.KEYS), ids=lambda attack: attack.id)
-def test_allowlisted_rpcs_stay_inside_the_prefix(attack: Attack, guarded: Target, victims: Victims) -> None:
-    outcome = attack.run(guarded, victims)
+def test_allowlisted_rpcs_stay_inside_the_prefix(attack: Attack, proxied: Target, victims: Victims) -> None:
+    outcome = attack.run(proxied, victims)
 
-    assert outcome.verdict is Verdict.ISOLATED, outcome
+    assert outcome.verdict in {Verdict.ISOLATED, Verdict.REFUSED}, outcome
     assert victims.damage() == []
 
 
 @pytest.mark.parametrize("attack", _of(Kind.RPC), ids=lambda attack: attack.id)
-def test_rpcs_off_the_allowlist_are_denied(attack: Attack, guarded: Target, victims: Victims) -> None:
-    outcome = attack.run(guarded, victims)
+def test_rpcs_off_the_allowlist_are_denied(attack: Attack, proxied: Target, victims: Victims) -> None:
+    outcome = attack.run(proxied, victims)
 
     assert outcome.verdict is Verdict.REFUSED, outcome
-    assert outcome.code is grpc.StatusCode.PERMISSION_DENIED, outcome
+    if attack.paths:  # an etcd RPC: refused by name; an HTTP/1.1 request gets no answer at all
+        assert outcome.code is grpc.StatusCode.PERMISSION_DENIED, outcome
     assert victims.damage() == []
 
 
 @pytest.mark.parametrize("attack", _of(Kind.IDENTITY), ids=lambda attack: attack.id)
 def test_clients_other_than_the_tenants_api_server_are_refused(
-    attack: Attack, guarded: Target, victims: Victims
+    attack: Attack, proxied: Target, victims: Victims
 ) -> None:
-    outcome = attack.run(guarded, victims)
+    outcome = attack.run(proxied, victims)
 
     assert outcome.verdict is Verdict.REFUSED, outcome
-    assert outcome.code is grpc.StatusCode.UNAUTHENTICATED, outcome
-    assert guard.UNAUTHENTICATED_MESSAGE[:40] in outcome.detail
+    # The TLS handshake fails: no RPC is ever read, grpc reports the connection as unavailable.
+    assert outcome.code is grpc.StatusCode.UNAVAILABLE, outcome
 
 
 @pytest.mark.parametrize(
@@ -71,17 +86,20 @@ def test_clients_other_than_the_tenants_api_server_are_refused(
         "the JSON gateway path",
     ],
 )
-def test_paths_dressed_up_as_allowed_rpcs_are_denied(path: str, guarded: Target, victims: Victims) -> None:
-    """The guard compares the raw path it forwards, not nginx's normalized URI."""
-    with guarded.client() as client, pytest.raises(grpc.RpcError) as raised:
+def test_paths_dressed_up_as_allowed_rpcs_are_denied(path: str, proxied: Target, victims: Victims) -> None:
+    """Methods are compared exactly as sent: nothing is normalized into an allowed one."""
+    with proxied.client() as client, pytest.raises(grpc.RpcError) as raised:
         client.unary(path, wire.range_request(*ALL_KEYS))
 
-    assert status_of(raised.value) == (grpc.StatusCode.PERMISSION_DENIED, guard.DENIED_MESSAGE)
+    code, details = status_of(raised.value)
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert details.startswith(PROXY_MESSAGE)
+    assert DENIED_MESSAGE in details
 
 
 def test_every_rpc_off_the_allowlist_is_attacked() -> None:
     """The catalogue covers every method of etcd's v3 services that the allowlist leaves out."""
     attacked = {call for attack in ATTACKS for call in attack.paths}
-    missing = sorted(set(ETCD_V3_RPCS) - set(guard.ALLOWED_RPCS) - attacked)
+    missing = sorted(set(ETCD_V3_RPCS) - set(proxy.allowlist()) - attacked)
 
     assert missing == []

@@ -41,13 +41,13 @@ class CorePKI:
 
 @dataclasses.dataclass(frozen=True)
 class TenantPKI:
-    """One EtcdStorage's two CAs and two leaves, in the directories the guard and the API server read them from."""
+    """One EtcdStorage's two CAs and two leaves, in the directories the proxy and the API server read them from."""
 
     tenant: str
     serving_ca: pki.KeyPair
     client_ca: pki.KeyPair
-    guard: TLSFiles  # server cert + key, and the client CA bundle it verifies clients with
-    apiserver: TLSFiles  # client cert + key, and the serving CA bundle it verifies the guard with
+    proxy: TLSFiles  # server cert + key, and the client CA bundle it verifies clients with
+    apiserver: TLSFiles  # client cert + key, and the serving CA bundle it verifies the proxy with
 
 
 def now() -> datetime:
@@ -97,13 +97,13 @@ def issue_tenant(directory: Path, tenant: str, *, at: datetime | None = None) ->
     hosts = names.service_hosts(tenant, names.DEFAULT_CONTROLLER_NAMESPACE, "cluster.local") + LOOPBACK_HOSTS
     server = pki.new_server_cert(serving_ca, hosts, now=at, validity=LEAF_VALIDITY, algorithm=ALGORITHM)
     client = pki.new_client_cert(client_ca, f"{tenant}-apiserver", now=at, validity=LEAF_VALIDITY, algorithm=ALGORITHM)
-    guard_cert, guard_key = write_pair(directory / "server", server)
+    proxy_cert, proxy_key = write_pair(directory / "server", server)
     apiserver_cert, apiserver_key = write_pair(directory / "apiserver", client)
     return TenantPKI(
         tenant=tenant,
         serving_ca=serving_ca,
         client_ca=client_ca,
-        guard=TLSFiles(write_bundle(directory / "ca" / names.CLIENT_CA_KEY, client_ca), guard_cert, guard_key),
+        proxy=TLSFiles(write_bundle(directory / "ca" / names.CLIENT_CA_KEY, client_ca), proxy_cert, proxy_key),
         apiserver=TLSFiles(
             write_bundle(directory / "apiserver" / names.SERVING_CA_KEY, serving_ca), apiserver_cert, apiserver_key
         ),

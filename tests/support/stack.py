@@ -1,5 +1,5 @@
-"""Whole data paths for integration tests: a core etcd, and per tenant the pod's two containers (grpc-proxy with
-`--namespace`, the nginx guard in front of it) with the tenant's own CAs and certificates.
+"""Whole data paths for integration tests: a core etcd, and per tenant its proxy pod (the tenant proxy of this
+repository) with the tenant's own CAs and certificates.
 
 Test support only. Both are context managers: whatever was started is stopped on the way out, failure or not.
 """
@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Final
 
 from hooks import names
 from tests.support import certs, etcdrpc
 from tests.support.certs import CorePKI, TenantPKI, TLSFiles
-from tests.support.etcd import EtcdServer, GrpcProxy, start_etcd, start_grpc_proxy
-from tests.support.guard import Guard, start_guard
+from tests.support.etcd import EtcdServer, start_etcd
+from tests.support.proxy import TenantProxy, start_tenant_proxy
+
+# The core etcd versions users run: every real-etcd suite runs on each.
+ETCD_VERSIONS: Final = ("3.5", "3.6")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +37,7 @@ class Tenant:
     name: str
     prefix: str
     pki: TenantPKI
-    proxy: GrpcProxy
-    guard: Guard
+    proxy: TenantProxy
     workdir: Path
 
     @property
@@ -42,15 +45,19 @@ class Tenant:
         """What the tenant's API server holds: its client certificate and the serving CA bundle."""
         return self.pki.apiserver
 
+    @property
+    def address(self) -> str:
+        return self.proxy.address
+
     def client(self, identity: TLSFiles | None = None) -> etcdrpc.Client:
-        """A client of this tenant's guard, as its API server (or as `identity`)."""
-        return etcdrpc.Client(self.guard.address, identity or self.identity)
+        """A client of this tenant's proxy, as its API server (or as `identity`)."""
+        return etcdrpc.Client(self.proxy.address, identity or self.identity)
 
 
 @contextlib.contextmanager
-def core_etcd(workdir: Path) -> Iterator[Core]:
+def core_etcd(workdir: Path, *, version: str = ETCD_VERSIONS[-1]) -> Iterator[Core]:
     pki = certs.issue_core(workdir / "pki")
-    server = start_etcd(workdir / "etcd", pki)
+    server = start_etcd(workdir / "etcd", pki, version=version)
     try:
         yield Core(etcd=server, pki=pki)
     finally:
@@ -58,13 +65,22 @@ def core_etcd(workdir: Path) -> Iterator[Core]:
 
 
 @contextlib.contextmanager
-def tenant(workdir: Path, core: Core, name: str, *, root: str = names.DEFAULT_PREFIX_ROOT) -> Iterator[Tenant]:
-    """A tenant's proxy pod: grpc-proxy on plaintext loopback, the guard in front with the tenant's certificates."""
+def tenant(
+    workdir: Path, core: Core, name: str, *, root: str = names.DEFAULT_PREFIX_ROOT, args: Sequence[str] = ()
+) -> Iterator[Tenant]:
+    """A tenant's proxy pod: the tenant proxy with the tenant's certificates, the core's empty-CN client one."""
     pki = certs.issue_tenant(workdir / "pki", name)
     prefix = names.key_prefix(name, root)
-    with contextlib.ExitStack() as stack:
-        proxy = start_grpc_proxy(workdir / "proxy", core.etcd, namespace=prefix, name=f"{name}-grpc-proxy")
-        stack.callback(proxy.process.stop)
-        guard = start_guard(workdir / "guard", pki.guard, proxy, name=f"{name}-guard")
-        stack.callback(guard.stop)
-        yield Tenant(name=name, prefix=prefix, pki=pki, proxy=proxy, guard=guard, workdir=workdir)
+    proxy = start_tenant_proxy(
+        workdir / "proxy",
+        core.etcd,
+        prefix=prefix,
+        serving=pki.proxy,
+        upstream=core.pki.proxy_client,
+        name=f"{name}-proxy",
+        args=args,
+    )
+    try:
+        yield Tenant(name=name, prefix=prefix, pki=pki, proxy=proxy, workdir=workdir)
+    finally:
+        proxy.stop()
