@@ -8,36 +8,32 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from hooks import guard, names
+from hooks import names
 from hooks.settings import Settings
 from hooks.spec import EtcdStorage
 
-RUN_AS: Final = 65532  # nobody-like uid/gid that neither image maps to a shell user
+RUN_AS: Final = 65532  # the image's non-root user; no shell user of any image
 SECRET_FILE_MODE: Final = 0o440  # readable by the pod's group (fsGroup) only
+# On SIGTERM the proxy goes unready and serves on while the Service's endpoints drop the pod, then ends its watch
+# streams (clients resume on another pod) and lets unary requests finish; the grace period covers both and a margin.
+SHUTDOWN_DELAY_SECONDS: Final = 5
+SHUTDOWN_TIMEOUT_SECONDS: Final = 15
+GRACE_PERIOD_SECONDS: Final = SHUTDOWN_DELAY_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 10
 
 
-def desired(
-    tenant: EtcdStorage, settings: Settings, *, certificates_hash: str | None, guard_hash: str
-) -> list[dict[str, Any]]:
+def desired(tenant: EtcdStorage, settings: Settings) -> list[dict[str, Any]]:
     """Every child, always all of them: Metacontroller deletes a child that an answer leaves out."""
-    return [
-        deployment(tenant, settings, certificates_hash=certificates_hash, guard_hash=guard_hash),
-        service(tenant, settings),
-        disruption_budget(tenant, settings),
-    ]
+    return [deployment(tenant, settings), service(tenant, settings), disruption_budget(tenant, settings)]
 
 
 def replicas(tenant: EtcdStorage, settings: Settings) -> int:
     return tenant.replicas if tenant.replicas is not None else settings.replicas
 
 
-def deployment(
-    tenant: EtcdStorage, settings: Settings, *, certificates_hash: str | None, guard_hash: str
-) -> dict[str, Any]:
+def deployment(tenant: EtcdStorage, settings: Settings) -> dict[str, Any]:
+    """The proxy pods. Their template carries no certificate digest: the tenant proxy re-reads its certificates
+    as kubelet updates the mounted Secrets and ConfigMaps, so a rotation rolls no pod."""
     name = tenant.name
-    annotations = {names.ANNOTATION_GUARD_CONFIG_HASH: guard_hash}
-    if certificates_hash:
-        annotations[names.ANNOTATION_CERTIFICATES_HASH] = certificates_hash
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -45,10 +41,10 @@ def deployment(
         "spec": {
             "replicas": replicas(tenant, settings),
             "selector": {"matchLabels": names.selector_labels(name)},
-            # A new pod must be ready before an old one goes: certificate rolls cost no capacity.
+            # A new pod must be ready before an old one goes: a roll (a new image, new settings) costs no capacity.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": names.proxy_labels(name), "annotations": annotations},
+                "metadata": {"labels": names.proxy_labels(name)},
                 "spec": _pod_spec(tenant, settings),
             },
         },
@@ -93,6 +89,7 @@ def _pod_spec(tenant: EtcdStorage, settings: Settings) -> dict[str, Any]:
         "serviceAccountName": names.PROXY_SERVICE_ACCOUNT,
         "automountServiceAccountToken": False,  # the proxies never talk to Kubernetes
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": GRACE_PERIOD_SECONDS,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -100,15 +97,12 @@ def _pod_spec(tenant: EtcdStorage, settings: Settings) -> dict[str, Any]:
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_guard(settings), _proxy(name, settings)],
+        "containers": [_proxy(name, settings)],
         "volumes": [
-            _configmap_volume("guard-config", names.GUARD_CONFIGMAP),
             _secret_volume("server-cert", names.server_cert_secret(name)),
             _configmap_volume("client-ca", names.client_ca_configmap(name)),
             _configmap_volume("core-ca", settings.core_ca_configmap),
             _secret_volume("core-client", settings.core_cert_secret),
-            {"name": "guard-run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-            {"name": "proxy-data", "emptyDir": {"sizeLimit": "16Mi"}},
         ],
         "topologySpreadConstraints": [
             {
@@ -122,57 +116,54 @@ def _pod_spec(tenant: EtcdStorage, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _guard(settings: Settings) -> dict[str, Any]:
-    health = {"port": names.GUARD_HEALTH_PORT_NAME, "scheme": "HTTP"}
+def _proxy(tenant: str, settings: Settings) -> dict[str, Any]:
+    health = {"port": names.PROXY_HEALTH_PORT_NAME, "scheme": "HTTP"}
     return {
-        "name": "guard",
-        "image": settings.guard_image,
-        "command": guard.command(),
+        "name": "proxy",
+        "image": settings.proxy_image,
+        # Every flag explicit, so that the pod spec says what the proxy does; ":port" listens on IPv4 and IPv6.
+        "args": [
+            f"--prefix={names.key_prefix(tenant, settings.key_prefix_root)}",
+            f"--endpoints={','.join(settings.core_etcd_urls)}",
+            f"--listen=:{names.ETCD_PORT}",
+            f"--health-listen=:{names.PROXY_HEALTH_PORT}",
+            f"--cert-file={names.SERVER_CERT_DIR}/{names.TLS_CRT}",
+            f"--key-file={names.SERVER_CERT_DIR}/{names.TLS_KEY}",
+            f"--client-ca-file={names.CLIENT_CA_DIR}/{names.CLIENT_CA_KEY}",
+            f"--core-ca-file={names.CORE_CA_DIR}/{names.CORE_CA_KEY}",
+            f"--core-cert-file={names.CORE_CLIENT_DIR}/{names.TLS_CRT}",
+            f"--core-key-file={names.CORE_CLIENT_DIR}/{names.TLS_KEY}",
+            f"--shutdown-delay={SHUTDOWN_DELAY_SECONDS}s",
+            f"--shutdown-timeout={SHUTDOWN_TIMEOUT_SECONDS}s",
+        ],
+        "env": [  # Go's garbage collector works harder before the container's memory limit, not after it
+            {"name": "GOMEMLIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+        ],
         "ports": [
             {"name": names.ETCD_PORT_NAME, "containerPort": names.ETCD_PORT, "protocol": "TCP"},
-            {"name": names.GUARD_HEALTH_PORT_NAME, "containerPort": names.GUARD_HEALTH_PORT, "protocol": "TCP"},
+            {"name": names.PROXY_HEALTH_PORT_NAME, "containerPort": names.PROXY_HEALTH_PORT, "protocol": "TCP"},
         ],
-        # Ready means a request went through the guard's upstream, the grpc-proxy, to the core etcd and back; the
-        # grpc-proxy's own health check (a Get and a Watch) can take seconds, hence the timeout.
+        # Ready: certificates loaded, not stopping, and the core etcd answered in the last 10 s (or answers now).
         "readinessProbe": {
             "httpGet": {"path": "/readyz", **health},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 2,
+        },
+        # Alive: the tenant listener answers a TLS handshake; a hung process is restarted, a core outage is not.
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", **health},
             "periodSeconds": 10,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
-        "livenessProbe": {"httpGet": {"path": "/livez", **health}, "periodSeconds": 20, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": _container_security(),
         "volumeMounts": [
-            _mount("guard-config", names.GUARD_CONFIG_DIR),
             _mount("server-cert", names.SERVER_CERT_DIR),
             _mount("client-ca", names.CLIENT_CA_DIR),
-            {"name": "guard-run", "mountPath": names.GUARD_RUN_DIR},
-        ],
-    }
-
-
-def _proxy(tenant: str, settings: Settings) -> dict[str, Any]:
-    return {
-        "name": "proxy",
-        "image": settings.proxy_image,
-        "command": ["/usr/local/bin/etcd", "grpc-proxy", "start"],
-        "args": [
-            f"--endpoints={','.join(settings.core_etcd_urls)}",
-            f"--namespace={names.key_prefix(tenant, settings.key_prefix_root)}",
-            f"--listen-addr=127.0.0.1:{names.PROXY_PORT}",
-            f"--metrics-addr=http://127.0.0.1:{names.PROXY_METRICS_PORT}",
-            "--data-dir=/var/lib/etcd-proxy",
-            f"--cacert={names.CORE_CA_DIR}/{names.CORE_CA_KEY}",
-            f"--cert={names.CORE_CLIENT_DIR}/{names.TLS_CRT}",
-            f"--key={names.CORE_CLIENT_DIR}/{names.TLS_KEY}",
-        ],
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": _container_security(),
-        "volumeMounts": [
             _mount("core-ca", names.CORE_CA_DIR),
             _mount("core-client", names.CORE_CLIENT_DIR),
-            {"name": "proxy-data", "mountPath": "/var/lib/etcd-proxy"},
         ],
     }
 

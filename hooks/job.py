@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
@@ -334,8 +333,8 @@ class _TenantPass:
             for destination in tenant.client_cert_secrets
         ]
 
-        # 5. The report for the hook, last: its hash changes only once everything it covers is in place. Not when a
-        # read failed: a digest of what could not be read would roll the proxies for nothing.
+        # 5. The report for the hook, last, once everything it covers is in place. Not when a read failed: it would
+        # report times of certificates that could not be read.
         if ca_configmap is None or not server.read or not self.core.read:
             return
         certificates = {
@@ -347,9 +346,8 @@ class _TenantPass:
         client_certs = [leaf.cert for leaf in clients if leaf.cert is not None]
         if client_certs:
             certificates["clientCertificate"] = self.times(min(client_certs, key=lambda c: c.not_valid_after_utc))
-        digest = _mounted_hash(client_bundle.encode(), server.cert_pem, self.core.ca, self.core.cert)
         annotations = report.to_annotations(
-            report.Report(certificates=certificates, hash=digest, core_certificate_problem=self.core.problem)
+            report.Report(certificates=certificates, core_certificate_problem=self.core.problem)
         )
         try:
             self.write(ca_ref, ca_configmap, data={}, annotations=annotations, owned=True)
@@ -562,15 +560,6 @@ def _secret_data(obj: Mapping[str, Any] | None) -> dict[str, bytes]:
 
 def _secret_values(data: Mapping[str, bytes]) -> dict[str, str]:
     return {key: base64.b64encode(value).decode() for key, value in data.items()}
-
-
-def _mounted_hash(client_ca: bytes, server_cert: bytes, core_ca: bytes, core_cert: bytes) -> str:
-    """A digest of the public half of everything a proxy pod mounts; the hook rolls the pods when it changes."""
-    digest = hashlib.sha256()
-    for part in (client_ca, server_cert, core_ca, core_cert):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return f"sha256:{digest.hexdigest()}"
 
 
 # --- The core etcd client certificate ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Every name, label, annotation, data key, mount path and port of the project, and the tenant key prefix.
 
-The one source: builders, the job, the guard and the tests import these; nothing else spells them.
+The one source: builders, the job and the tests import these; nothing else spells them. The tenant proxy (Go)
+takes ports and paths as flags, which `hooks.children` sets from here.
 Pure: no I/O, no settings lookup (values that an operator may change arrive as arguments).
 """
 
@@ -31,22 +32,16 @@ TLS_KEY: Final = "tls.key"
 # --- Ports ----------------------------------------------------------------------------------------------------------
 ETCD_PORT: Final = 2379
 ETCD_PORT_NAME: Final = "etcd"
-PROXY_PORT: Final = 23790  # grpc-proxy, on 127.0.0.1 only: reachable from the guard, from nothing else
-PROXY_METRICS_PORT: Final = 23791  # grpc-proxy /health and /proxy/health, on 127.0.0.1 only
-GUARD_HEALTH_PORT: Final = 8080  # plain-HTTP probes served by the guard; no etcd RPC goes through it
-GUARD_HEALTH_PORT_NAME: Final = "health"
+PROXY_HEALTH_PORT: Final = 8080  # the tenant proxy's plain-HTTP /livez, /readyz and /metrics; no etcd RPC
+PROXY_HEALTH_PORT_NAME: Final = "health"
 
-# --- Mount paths (the original's for the proxy material; the guard's own beside them) ------------------------------
+# --- Mount paths of the proxy pods (the original's) ---------------------------------------------------------------
 CORE_CA_DIR: Final = "/etc/coreetcd-certs/ca"
 CORE_CLIENT_DIR: Final = "/etc/coreetcd-certs/client"
 CLIENT_CA_DIR: Final = "/etc/etcdproxy-certs/ca"
 SERVER_CERT_DIR: Final = "/etc/etcdproxy-certs/server"
-GUARD_CONFIG_DIR: Final = "/etc/etcdstorage-guard"
-GUARD_CONFIG_FILE: Final = "nginx.conf"
-GUARD_RUN_DIR: Final = "/tmp"  # emptyDir: pid file and nginx temp paths under a read-only root filesystem
 
 # --- Objects in the controller namespace that are not per tenant ----------------------------------------------------
-GUARD_CONFIGMAP: Final = "etcdstorage-guard"
 PROXY_SERVICE_ACCOUNT: Final = "etcdstorage-proxy"
 
 # --- Labels and annotations -------------------------------------------------------------------------------------
@@ -63,13 +58,10 @@ MANAGED_BY_JOB: Final = "etcdstorage-cert-rotation"
 
 # Written by the job on <N>-ca-cert, read by the hook (which never sees a Secret).
 ANNOTATION_CERTIFICATES: Final = f"{GROUP}/certificates"  # JSON: notBefore/notAfter/renewalTime per certificate
-ANNOTATION_CERTIFICATES_HASH: Final = f"{GROUP}/certificates-hash"  # digest of everything the proxy pod mounts
 ANNOTATION_CORE_CERT_PROBLEM: Final = f"{GROUP}/core-client-certificate-problem"  # "" when fine
 # The original's annotations on the Secrets it wrote, kept on ours for tools that read them.
 ANNOTATION_EXPIRY_DATE: Final = f"{GROUP}/certificate-expiry-date"
 ANNOTATION_SIGNED_BY: Final = f"{GROUP}/certificate-signed-by"
-# On the pod template: a change rolls the proxies (nginx and grpc-proxy read their files only at start).
-ANNOTATION_GUARD_CONFIG_HASH: Final = f"{GROUP}/guard-config-hash"
 
 # --- Per tenant ---------------------------------------------------------------------------------------------------
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

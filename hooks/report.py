@@ -1,7 +1,7 @@
 """What the cert-rotation job tells the hook, as annotations on the tenant's `<N>-ca-cert` ConfigMap.
 
 The job writes it (`to_annotations`), the hook reads it (`from_annotations`); neither sees the other's code paths.
-Only public facts travel here: times, issuers, a digest. Never key material. Pure.
+Only public facts travel here: times and problems. Never key material. Pure.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class Report(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     certificates: dict[str, CertificateTimes]
-    hash: str  # digest of everything the proxy pods mount; a change rolls them
     core_certificate_problem: str = ""  # why the core etcd client certificate cannot work, "" when it can
 
 
@@ -56,20 +55,18 @@ def certificate_times(report: Report) -> dict[str, dict[str, str]]:
 def to_annotations(report: Report) -> dict[str, str]:
     return {
         names.ANNOTATION_CERTIFICATES: json.dumps(certificate_times(report), sort_keys=True, separators=(",", ":")),
-        names.ANNOTATION_CERTIFICATES_HASH: report.hash,
         names.ANNOTATION_CORE_CERT_PROBLEM: report.core_certificate_problem,
     }
 
 
 def from_annotations(annotations: Mapping[str, str]) -> Report | None:
     """The report, or None when the job has not written one yet; `ReportError` when it cannot be read."""
-    if names.ANNOTATION_CERTIFICATES_HASH not in annotations:
+    if names.ANNOTATION_CERTIFICATES not in annotations:
         return None
     try:
-        certificates = json.loads(annotations.get(names.ANNOTATION_CERTIFICATES, "{}"))
+        certificates = json.loads(annotations[names.ANNOTATION_CERTIFICATES])
         return Report(
             certificates=certificates,
-            hash=annotations[names.ANNOTATION_CERTIFICATES_HASH],
             core_certificate_problem=annotations.get(names.ANNOTATION_CORE_CERT_PROBLEM, ""),
         )
     except (ValueError, ValidationError) as error:

@@ -26,8 +26,7 @@ class Settings:
     core_etcd_urls: tuple[str, ...] = ("https://etcd-svc-1.etcd.svc:2379",)
     core_ca_configmap: str = names.CORE_CA_CONFIGMAP
     core_cert_secret: str = names.CORE_CERT_SECRET
-    proxy_image: str = "quay.io/coreos/etcd:v3.5.21"
-    guard_image: str = "nginx:1.27.3-alpine"
+    proxy_image: str = "etcdstorage-proxy:0.1.0"  # the tenant proxy, built from tenant-proxy/ (Dockerfile.proxy)
     key_prefix_root: str = names.DEFAULT_PREFIX_ROOT
     cluster_domain: str = "cluster.local"
     replicas: int = 3
@@ -78,7 +77,6 @@ _PARSERS: Final = {
     "CORE_CA_CONFIGMAP": ("core_ca_configmap", _text),
     "CORE_CERT_SECRET": ("core_cert_secret", _text),
     "PROXY_IMAGE": ("proxy_image", _text),
-    "GUARD_IMAGE": ("guard_image", _text),
     "KEY_PREFIX_ROOT": ("key_prefix_root", _text),
     "CLUSTER_DOMAIN": ("cluster_domain", _text),
     "REPLICAS": ("replicas", _positive_int),

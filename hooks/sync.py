@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from hooks import children, guard, names, report, spec, status
+from hooks import children, names, report, spec, status
 from hooks.settings import Settings
 from hooks.wire import (
     CONFIGMAPS,
@@ -40,9 +40,7 @@ def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncRespons
     observed = _observe(request, tenant.name, settings)
     # Status describes what was observed, before the desired state is built.
     current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)
-    desired = children.desired(
-        tenant, settings, certificates_hash=_certificates_hash(observed), guard_hash=guard.config_hash()
-    )
+    desired = children.desired(tenant, settings)
     return SyncResponse(
         status=current,
         children=desired,
@@ -85,15 +83,6 @@ def _observe(request: SyncRequest, tenant: str, settings: Settings) -> status.Ob
 def _find(objects: dict[str, ObjectMap], kind: str, key: str) -> dict[str, Any] | None:
     found = objects.get(kind, {}).get(key)
     return found if isinstance(found, dict) else None
-
-
-def _certificates_hash(observed: status.Observed) -> str | None:
-    """The job's current hash; without a readable report, the one the pods run with now (no needless roll)."""
-    if observed.certificates is not None:
-        return observed.certificates.hash
-    template = ((observed.deployment or {}).get("spec") or {}).get("template") or {}
-    carried = (template.get("metadata") or {}).get("annotations", {}).get(names.ANNOTATION_CERTIFICATES_HASH)
-    return carried if isinstance(carried, str) else None
 
 
 def _resync_after(current: dict[str, Any], observed: status.Observed, settings: Settings, now: datetime) -> float:

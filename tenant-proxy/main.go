@@ -64,6 +64,7 @@ func parse(args []string) (config, error) {
 	flags.StringVar(&c.files.CoreKey, "core-key-file", "/etc/coreetcd-certs/client/tls.key", "client key for the core etcd")
 	flags.IntVar(&c.limits.MaxRequestBytes, "max-request-bytes", policy.DefaultLimits.MaxRequestBytes, "largest request a tenant may send")
 	flags.IntVar(&c.limits.MaxTxnOps, "max-txn-ops", policy.DefaultLimits.MaxTxnOps, "most operations (and, separately, compares) in one Txn")
+	flags.IntVar(&c.limits.MaxTxnReads, "max-txn-reads", policy.DefaultLimits.MaxTxnReads, "most keys one Txn reads back (Range operations, prev_kv)")
 	flags.IntVar(&c.limits.MaxWatchesPerStream, "max-watches-per-stream", policy.DefaultLimits.MaxWatchesPerStream, "most watches open at once on one Watch stream")
 	flags.DurationVar(&c.reloadInterval, "reload-interval", 10*time.Second, "how often the certificate files are read again")
 	flags.DurationVar(&c.shutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, how long to go on serving, unready, while Service endpoints drop the pod")
@@ -80,8 +81,8 @@ func parse(args []string) (config, error) {
 		return c, fmt.Errorf("--prefix=%q: expected /<root>/<name>/ with leading and trailing slashes", c.prefix)
 	case c.endpoints == "":
 		return c, errors.New("--endpoints is required: the core etcd's client URLs")
-	case c.limits.MaxRequestBytes < 1 || c.limits.MaxTxnOps < 1 || c.limits.MaxWatchesPerStream < 1:
-		return c, errors.New("--max-request-bytes, --max-txn-ops and --max-watches-per-stream must be positive")
+	case c.limits.MaxRequestBytes < 1 || c.limits.MaxTxnOps < 1 || c.limits.MaxTxnReads < 1 || c.limits.MaxWatchesPerStream < 1:
+		return c, errors.New("--max-request-bytes, --max-txn-ops, --max-txn-reads and --max-watches-per-stream must be positive")
 	case c.reloadInterval <= 0 || c.shutdownDelay < 0 || c.shutdownTimeout <= 0:
 		return c, errors.New("--reload-interval and --shutdown-timeout must be positive, --shutdown-delay not negative")
 	}

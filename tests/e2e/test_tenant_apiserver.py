@@ -1,16 +1,15 @@
-"""The proof that an EtcdStorage is enough storage for a real API server: a second kube-apiserver (the tenant) runs on
-the proxy pod's data path (guard, grpc-proxy) in front of the control plane's etcd (the core), with exactly what the
-operator's manifests and the cert-rotation job give it, and works; its keys stay under its prefix; the core API
-server's data is untouched; the guard refuses none of its RPCs, and the test records which RPCs it uses.
+"""The proof that an EtcdStorage is enough storage for a real API server: a second kube-apiserver (the tenant), with
+its watch cache on, runs on the proxy pod's data path (the tenant proxy) in front of the control plane's etcd 3.6
+(the core), with exactly what the operator's manifests and the cert-rotation job give it, and works; its keys stay
+under its prefix; the core API server's data is untouched; the proxy refuses none of its RPCs and answers its watch
+progress requests, so consistent lists are served from its cache; the test records which RPCs it uses.
 
-The tenant reaches the guard by the Service name in the EtcdStorage's endpoint, resolved to loopback for that process
-alone. The tests of this module share one tenant server; the last one stops it, to collect its finished watches
-from the guard's log."""
+The tenant reaches the proxy by the Service name in the EtcdStorage's endpoint, resolved to loopback for that process
+alone. The tests of this module share one tenant server."""
 
 from __future__ import annotations
 
 import base64
-import collections
 import contextlib
 import dataclasses
 import json
@@ -26,21 +25,19 @@ import pytest
 from kubernetes import watch
 from kubernetes.client import CoreV1Api
 
-from hooks import guard, names
+from hooks import names
 from tests.e2e import harness
 from tests.e2e.install import C, failures_of, get, run_job, tenant_from_example
-from tests.support import etcd
+from tests.support import etcd, proxy
 from tests.support.certs import TLSFiles
-from tests.support.etcd import GrpcProxy, start_grpc_proxy
-from tests.support.guard import Guard, start_guard
+from tests.support.proxy import TenantProxy, start_tenant_proxy
 
 pytestmark = pytest.mark.e2e
 
-LOG_FLUSH_TIMEOUT: Final = 10.0  # seconds for nginx to log the streams a stopped API server leaves
 WATCH_TIMEOUT: Final = 10  # seconds
 DISCOVERY_TIMEOUT: Final = 30.0  # seconds
-REQUEST_LINE: Final = re.compile(r' guard request .* rpc="([^"]*)"')
-REFUSAL: Final = " guard refused "
+CONSISTENT_LISTS: Final = 5
+REQUESTS_METRIC: Final = re.compile(r'^etcdstorage_proxy_requests_total\{code="([^"]+)",rpc="([^"]+)"\} (\S+)$', re.M)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +46,8 @@ class TenantServer:
 
     name: str  # of the EtcdStorage
     prefix: str  # its key prefix in the core etcd
-    endpoint: str  # --etcd-servers: the EtcdStorage's endpoint, on the guard's port
-    proxy: GrpcProxy
-    guard: Guard
+    endpoint: str  # --etcd-servers: the EtcdStorage's endpoint, on the proxy's port
+    proxy: TenantProxy
     apiserver: harness.ApiServer
 
 
@@ -70,7 +66,7 @@ def write_files(directory: Path, ca: str, cert: str, key: str) -> TLSFiles:
 def tenant(
     installed: harness.ControlPlane, kube_apiserver_binary: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TenantServer]:
-    """An EtcdStorage set up as the README says, its certificates from the job, its proxy pod's two containers on
+    """An EtcdStorage set up as the README says, its certificates from the job, its proxy pod's tenant proxy on
     loopback, and a kube-apiserver using what its operator mounts; everything stopped afterwards."""
     workdir = tmp_path_factory.mktemp("tenant")
     name, namespace = tenant_from_example(installed, "tenant")
@@ -88,13 +84,18 @@ def tenant(
 
     prefix = names.key_prefix(name)
     with contextlib.ExitStack() as started:
-        proxy = start_grpc_proxy(workdir / "proxy", installed.core.etcd, namespace=prefix, name=f"{name}-grpc-proxy")
-        started.callback(proxy.process.stop)
-        pod_guard = start_guard(workdir / "guard", pod, proxy, name=f"{name}-guard", log_requests=True)
-        started.callback(pod_guard.stop)
+        pod_proxy = start_tenant_proxy(
+            workdir / "proxy",
+            installed.core.etcd,
+            prefix=prefix,
+            serving=pod,
+            upstream=installed.core.pki.proxy_client,
+            name=f"{name}-proxy",
+        )
+        started.callback(pod_proxy.stop)
         host = urlsplit(names.endpoint(name, C)).hostname
         assert host is not None
-        endpoint = f"https://{host}:{pod_guard.port}"
+        endpoint = f"https://{host}:{pod_proxy.port}"
         apiserver = started.enter_context(
             harness.api_server(
                 workdir / "apiserver",
@@ -105,7 +106,7 @@ def tenant(
                 extra_args=["--etcd-compaction-interval=0"],  # required of tenants: docs/security.md
             )
         )
-        yield TenantServer(name, prefix, endpoint, proxy, pod_guard, apiserver)
+        yield TenantServer(name, prefix, endpoint, pod_proxy, apiserver)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +221,7 @@ def workload(installed: harness.ControlPlane, tenant: TenantServer) -> Workload:
     )
 
 
-def test_the_tenant_api_server_is_ready_with_its_storage_behind_the_guard(
+def test_the_tenant_api_server_is_ready_with_its_storage_behind_the_proxy(
     installed: harness.ControlPlane, tenant: TenantServer
 ) -> None:
     checks = installed.kubectl("get", "--raw", "/readyz?verbose", kubeconfig=tenant.apiserver.kubeconfig).stdout
@@ -272,36 +273,78 @@ def test_the_core_api_server_sees_nothing_of_the_tenant_and_the_tenant_nothing_o
     assert installed.kubectl("get", "etcdstorage", tenant.name, "--output=name").stdout.strip()
 
 
-def test_the_guard_refused_nothing_and_every_rpc_the_tenant_used_is_allowlisted(
+def rpc_calls(tenant: TenantServer) -> dict[str, float]:
+    """Calls by etcd RPC and gRPC code ("<rpc> <code>") as the proxy's metrics count them."""
+    return {f"{rpc} {code}": float(count) for code, rpc, count in REQUESTS_METRIC.findall(tenant.proxy.metrics())}
+
+
+def test_the_proxy_refused_nothing_and_every_rpc_the_tenant_used_is_allowlisted(
     tenant: TenantServer, workload: Workload, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Stops the tenant server (its watches are logged when they end), then reads the guard's log."""
-    tenant.apiserver.process.stop(harness.STOP_GRACE)
-    deadline = time.monotonic() + LOG_FLUSH_TIMEOUT
-    while "/etcdserverpb.Watch/Watch" not in tenant.guard.process.log() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    log = tenant.guard.process.log()
-
-    refusals = [line for line in log.splitlines() if REFUSAL in line]
-    calls = collections.Counter(match.group(1) for match in REQUEST_LINE.finditer(log))
+    calls = rpc_calls(tenant)
+    refusals = [line for line in tenant.proxy.process.log().splitlines() if '"request refused"' in line]
     with capsys.disabled():
-        counted = ", ".join(f"{rpc} ({count})" for rpc, count in sorted(calls.items()))
-        print(f"\netcd RPCs the tenant kube-apiserver used through the guard (calls): {counted}")
+        counted = ", ".join(f"{call} ({count:.0f})" for call, count in sorted(calls.items()))
+        print(f"\netcd RPCs the tenant kube-apiserver used through the proxy (calls by code): {counted}")
+    used = {call.split()[0] for call in calls}
     assert refusals == []
-    assert set(calls) <= set(guard.ALLOWED_RPCS)
-    # The log records what kube-apiserver does: reads, compare-and-swap writes and watches at the least.
-    assert {"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn", "/etcdserverpb.Watch/Watch"} <= set(calls)
+    assert used <= set(proxy.allowlist())
+    # What kube-apiserver does: reads, compare-and-swap writes, watches, and the version check of Status at least.
+    assert {"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Txn", "/etcdserverpb.Watch/Watch"} <= used
+    assert tenant.proxy.metric("etcdstorage_proxy_panics_total") == 0
 
 
-def test_with_the_core_etcd_at_3_5_1_the_tenant_server_never_asks_for_watch_progress(
-    installed: harness.ControlPlane, tenant: TenantServer
+def consistent_list_seconds(plane: harness.ControlPlane, kubeconfig: Path | None) -> float:
+    """The best of a few consistent lists (no resourceVersion: served from the watch cache once etcd's progress
+    notification proves it current, else from etcd after a 3 s wait) of every ConfigMap."""
+    best = float("inf")
+    for _ in range(CONSISTENT_LISTS):
+        started = time.monotonic()
+        plane.kubectl("get", "configmaps", "--all-namespaces", "--output=name", kubeconfig=kubeconfig)
+        best = min(best, time.monotonic() - started)
+    return best
+
+
+def served_from_cache(plane: harness.ControlPlane, kubeconfig: Path) -> dict[str, float]:
+    """kube-apiserver's count of consistent reads from its watch cache, by whether it fell back to etcd."""
+    metrics = plane.kubectl("get", "--raw", "/metrics", kubeconfig=kubeconfig).stdout
+    pattern = re.compile(r"^apiserver_watch_cache_consistent_read_total\{([^}]*)\} (\S+)$", re.M)
+    counts: dict[str, float] = {}
+    for labels, value in pattern.findall(metrics):
+        if 'resource="configmaps"' in labels:
+            fallback = re.search(r'fallback="(\w+)"', labels)
+            key = f"fallback={fallback.group(1) if fallback else '?'}"
+            counts[key] = counts.get(key, 0.0) + float(value)
+    return counts
+
+
+def test_consistent_lists_come_from_the_tenants_watch_cache_as_fast_as_direct(
+    installed: harness.ControlPlane, tenant: TenantServer, workload: Workload, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """grpc-proxy drops watch progress requests (docs/security.md). kube-apiserver asks for them only from an etcd
-    that reports at least 3.4.31 or 3.5.13; this core etcd is older, so the tenant never waits on one."""
+    """kube-apiserver asks its etcd for watch progress to serve a consistent list from its cache; grpc-proxy never
+    answered, so each such list waited 3 s and went to etcd, unless the tenant turned its watch cache off."""
+    before = served_from_cache(installed, tenant.apiserver.kubeconfig)
+    through_proxy = consistent_list_seconds(installed, tenant.apiserver.kubeconfig)
+    direct = consistent_list_seconds(installed, None)  # the core API server on the core etcd
+    after = served_from_cache(installed, tenant.apiserver.kubeconfig)
+    with capsys.disabled():
+        print(
+            f"\nconsistent list of every ConfigMap, best of {CONSISTENT_LISTS}: through the tenant proxy "
+            f"{through_proxy * 1000:.0f} ms, the core API server direct {direct * 1000:.0f} ms; "
+            f"tenant's consistent reads from its watch cache: {before} -> {after}"
+        )
+    log = tenant.apiserver.process.log()
+    assert "RequestWatchProgress feature is not supported" not in log
+    assert "--watch-cache=false" not in tenant.apiserver.process.argv
+    assert after.get("fallback=false", 0) - before.get("fallback=false", 0) >= CONSISTENT_LISTS
+    assert after.get("fallback=true", 0) == before.get("fallback=true", 0)  # none waited and went to etcd
+
+
+def test_the_core_etcd_is_recent_enough_for_the_tenant_to_ask_for_watch_progress(
+    installed: harness.ControlPlane,
+) -> None:
+    """kube-apiserver asks for progress only from an etcd reporting at least 3.4.31 or 3.5.13 (the core is 3.6)."""
     status = etcd.etcdctl(installed.core.etcd.address, installed.core.pki.admin, "endpoint", "status", "-w", "json")
     assert status.returncode == 0, status.stderr
     [endpoint] = json.loads(status.stdout)
-    assert endpoint["Status"]["version"] == "3.5.1"
-    log = tenant.apiserver.process.log()
-    assert f'RequestWatchProgress feature is not supported by "{tenant.endpoint}" endpoint' in log
-    assert "Error requesting bookmark" not in log
+    assert endpoint["Status"]["version"].startswith(f"{installed.core.etcd.version}.")

@@ -6,6 +6,7 @@ streams and large messages pass; the probes answer; refusals are gRPC errors a G
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from tests.isolation.attacks import DENIED_MESSAGE, PROXY_MESSAGE
 from tests.support import etcdwire as wire
+from tests.support import proxy
 from tests.support import stack
 from tests.support.etcd import etcdctl
 
@@ -209,9 +211,10 @@ def test_the_proxy_answers_probes_and_serves_its_own_metrics_only(alpha: stack.T
 @pytest.fixture
 def lonely(tmp_path: Path, core: stack.Core) -> Iterator[tuple[stack.Core, stack.Tenant]]:
     """A tenant on a core etcd of its own, which the test may stop."""
-    with stack.core_etcd(tmp_path / "core", version=core.etcd.version) as own, stack.tenant(
-        tmp_path, own, "gamma"
-    ) as tenant:
+    with (
+        stack.core_etcd(tmp_path / "core", version=core.etcd.version) as own,
+        stack.tenant(tmp_path, own, "gamma") as tenant,
+    ):
         yield own, tenant
 
 
@@ -249,3 +252,12 @@ def etcdctl_txn(tenant: stack.Tenant, script: str) -> str:
     result = etcdctl(tenant.address, tenant.identity, "txn", stdin=script)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def test_docs_security_lists_exactly_the_proxys_allowlist() -> None:
+    """docs/security.md's table and the code's table (tenant-proxy --print-allowlist) say the same."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    table = text.split("## The allowlist", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| `(/[^`]+)` \| (.+?) \|$", table, flags=re.MULTILINE))
+
+    assert documented == proxy.allowlist()

@@ -10,7 +10,7 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 import grpc
@@ -30,14 +30,20 @@ def _raw(message: bytes) -> bytes:
     return message
 
 
-def channel(address: str, tls: TLSFiles | None, *, client_identity: bool = True) -> grpc.Channel:
-    """A channel to `address`; TLS when `tls` is given, presenting its certificate unless `client_identity` is off."""
-    options = [
+def channel(
+    address: str, tls: TLSFiles | None, *, client_identity: bool = True, server_name: str | None = None
+) -> grpc.Channel:
+    """A channel to `address`; TLS when `tls` is given, presenting its certificate unless `client_identity` is off,
+    verifying the server as `server_name` when given (a Service name the serving certificate holds) instead of the
+    address."""
+    options: list[tuple[str, int | str]] = [
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_receive_message_length", -1),
         ("grpc.max_send_message_length", -1),
         ("grpc.enable_retries", 0),
     ]
+    if server_name is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     credentials = grpc.ssl_channel_credentials(
@@ -49,9 +55,11 @@ def channel(address: str, tls: TLSFiles | None, *, client_identity: bool = True)
 
 
 class Client:
-    def __init__(self, address: str, tls: TLSFiles | None, *, client_identity: bool = True) -> None:
+    def __init__(
+        self, address: str, tls: TLSFiles | None, *, client_identity: bool = True, server_name: str | None = None
+    ) -> None:
         self.address = address
-        self.channel = channel(address, tls, client_identity=client_identity)
+        self.channel = channel(address, tls, client_identity=client_identity, server_name=server_name)
 
     def close(self) -> None:
         self.channel.close()
@@ -137,6 +145,45 @@ class Client:
 
     def watch(self, *, timeout: float | None = None) -> WatchStream:
         return WatchStream(self.channel, timeout=timeout)
+
+    # --- Calls the request checks' tests need: metadata, many calls in flight, lease bookkeeping -------------------
+    def unary_with_metadata(
+        self, path: str, request: bytes, metadata: Sequence[tuple[str, str]], *, timeout: float = TIMEOUT
+    ) -> bytes:
+        """A raw unary call that also sends `metadata` (gRPC headers, such as etcd's `token`)."""
+        response: bytes = self.channel.unary_unary(path, _raw, _raw)(request, timeout=timeout, metadata=tuple(metadata))
+        return response
+
+    def unary_many(
+        self, path: str, requests: Iterable[bytes], *, window: int = 32, timeout: float = TIMEOUT
+    ) -> list[bytes | grpc.RpcError]:
+        """`path` called once per request, up to `window` calls in flight at once; the answers in request order,
+        a failed call as its grpc.RpcError."""
+        call = self.channel.unary_unary(path, _raw, _raw)
+        answers: list[bytes | grpc.RpcError] = []
+        pending: collections.deque[grpc.Future[bytes]] = collections.deque()
+
+        def settle() -> None:
+            future = pending.popleft()
+            try:
+                answers.append(future.result())
+            except grpc.RpcError as error:
+                answers.append(error)
+
+        for request in requests:
+            pending.append(call.future(request, timeout=timeout))
+            if len(pending) >= window:
+                settle()
+        while pending:
+            settle()
+        return answers
+
+    def lease_revoke(self, lease_id: int) -> None:
+        self.unary(LEASE + "LeaseRevoke", wire.lease_id_request(lease_id))
+
+    def lease_leases(self) -> list[int]:
+        """The ID of every lease of the etcd (LeaseLeases: the core's client only, the tenant proxy refuses it)."""
+        return wire.lease_leases_ids(self.unary(LEASE + "LeaseLeases"))
 
 
 class WatchStream:

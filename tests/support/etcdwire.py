@@ -511,3 +511,15 @@ def members(data: bytes) -> list[Member]:
 def strings(data: bytes, number: int = 2) -> list[str]:
     """A repeated string field of a response: UserList users, RoleList roles, UserGet roles."""
     return [value.decode() for value in _all_bytes(decode(data), number)]
+
+
+# --- Raw pieces, for requests no well-formed builder makes (the fuzzing of tests/isolation/test_requests.py) --------
+def varint(value: int) -> bytes:
+    """A bare varint; negative values as their 64-bit two's complement, as int64 fields carry them."""
+    return _varint(value)
+
+
+def tag(number: int, wire_type: int) -> bytes:
+    """The key of a field: its number and wire type (0 varint, 1 fixed64, 2 length-delimited, 3 and 4 the
+    deprecated groups, 5 fixed32; 6 and 7 are no wire type at all)."""
+    return _varint(number << 3 | wire_type)

@@ -1,4 +1,5 @@
-"""The real guard (nginx, configured by `hooks.guard.render_nginx_conf`) in front of a real grpc-proxy.
+"""The previous data path's guard (nginx, configured by `guard_config.render_nginx_conf`) in front of a real
+grpc-proxy: the "before" of the data-path benchmark.
 
 Test support only. The guard's files are staged in a directory of its own, laid out like the pod's mounts, and nginx
 runs unprivileged (as `nobody` when the tests run as root), so a configuration that needs root or writes outside its
@@ -17,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from hooks import guard, names
-from tests.support import processes
+from hooks import names
+from tests.support import guard_config, processes
 from tests.support.certs import TLSFiles
 from tests.support.etcd import GrpcProxy, http_status
 
@@ -75,9 +76,9 @@ def start_guard(
     run_dir = directory / "run"
     run_dir.mkdir()
     port, health_port = processes.free_port(), processes.free_port()
-    config = directory / names.GUARD_CONFIG_FILE
+    config = directory / "nginx.conf"
     config.write_text(
-        guard.render_nginx_conf(
+        guard_config.render_nginx_conf(
             listen_port=port,
             health_port=health_port,
             proxy_port=proxy.port,
@@ -93,7 +94,7 @@ def start_guard(
     )
     for path in (directory, run_dir, config):
         _own(path, uid, gid)
-    argv = [nginx_binary(), *guard.command(str(config))[1:]]
+    argv = [nginx_binary(), *guard_config.command(str(config))[1:]]
     process = processes.start(name, argv, log_dir=workdir, user=uid, group=gid)
     started = Guard(process=process, port=port, health_port=health_port, directory=directory, tls=staged, config=config)
     try:

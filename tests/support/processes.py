@@ -131,6 +131,15 @@ def with_hosts(hosts: Mapping[str, str], directory: Path, argv: Sequence[str]) -
     return [*unshare, "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(path), *argv]
 
 
+def wait_for(condition: Callable[[], bool], *, what: str, timeout: float, interval: float = 0.05) -> None:
+    """Poll `condition` until it holds; `TimeoutError` naming `what` when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

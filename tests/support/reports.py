@@ -8,13 +8,9 @@ from typing import Any
 from hooks import names, report
 
 
-def report_for(
-    now: datetime, *, lifetime: timedelta = timedelta(hours=730), digest: str = "sha256:1", problem: str = ""
-) -> report.Report:
+def report_for(now: datetime, *, lifetime: timedelta = timedelta(hours=730), problem: str = "") -> report.Report:
     times = report.CertificateTimes(notBefore=now, notAfter=now + lifetime, renewalTime=now + lifetime * 2 / 3)
-    return report.Report(
-        certificates=dict.fromkeys(report.CERTIFICATES, times), hash=digest, core_certificate_problem=problem
-    )
+    return report.Report(certificates=dict.fromkeys(report.CERTIFICATES, times), core_certificate_problem=problem)
 
 
 def ca_cert_configmap(

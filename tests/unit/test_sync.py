@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hooks import guard, names, report, sync
+from hooks import names, report, sync
 from hooks.settings import Settings
 from hooks.spec import InvalidSpec
 from hooks.wire import CustomizeRequest, SyncRequest
@@ -70,26 +70,47 @@ def test_a_new_object_waits_for_certificates_and_asks_to_be_called_again_soon() 
     assert answer["status"]["keyPrefix"] == "/etcdstorage/sample-apiserver/"
 
 
-def test_the_proxy_container_confines_the_tenant_to_its_prefix_and_listens_on_loopback_only() -> None:
+def test_the_pod_is_one_tenant_proxy_confined_to_the_tenants_prefix() -> None:
     pod = kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["template"]["spec"]
-    proxy = next(c for c in pod["containers"] if c["name"] == "proxy")
-    assert proxy["command"] == ["/usr/local/bin/etcd", "grpc-proxy", "start"]
-    assert "--namespace=/etcdstorage/sample-apiserver/" in proxy["args"]
-    assert f"--listen-addr=127.0.0.1:{names.PROXY_PORT}" in proxy["args"]
+    [proxy] = pod["containers"]
+    assert proxy["image"] == SETTINGS.proxy_image
+    assert "command" not in proxy  # the image's entrypoint is the proxy
+    assert "--prefix=/etcdstorage/sample-apiserver/" in proxy["args"]
     assert "--endpoints=https://etcd-svc-1.etcd.svc:2379" in proxy["args"]
-    assert not proxy.get("ports"), "the grpc-proxy must not be reachable from outside the pod"
+    assert f"--listen=:{names.ETCD_PORT}" in proxy["args"]  # every address, IPv4 and IPv6
+    assert {p["containerPort"] for p in proxy["ports"]} == {names.ETCD_PORT, names.PROXY_HEALTH_PORT}
 
 
-def test_the_guard_alone_is_exposed_with_tls_material_of_this_tenant() -> None:
+def test_the_proxy_mounts_this_tenants_certificates_and_the_core_client_certificate() -> None:
     pod = kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["template"]["spec"]
-    guard_container = next(c for c in pod["containers"] if c["name"] == "guard")
-    assert {p["containerPort"] for p in guard_container["ports"]} == {names.ETCD_PORT, names.GUARD_HEALTH_PORT}
-    mounts = {m["mountPath"]: m["name"] for m in guard_container["volumeMounts"]}
+    [proxy] = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in proxy["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes[mounts[names.SERVER_CERT_DIR]]["secret"]["secretName"] == "sample-apiserver-server-cert"
     assert volumes[mounts[names.CLIENT_CA_DIR]]["configMap"]["name"] == "sample-apiserver-ca-cert"
-    assert volumes[mounts[names.GUARD_CONFIG_DIR]]["configMap"]["name"] == names.GUARD_CONFIGMAP
-    assert guard_container["readinessProbe"]["httpGet"]["port"] == names.GUARD_HEALTH_PORT_NAME
+    assert volumes[mounts[names.CORE_CA_DIR]]["configMap"]["name"] == SETTINGS.core_ca_configmap
+    assert volumes[mounts[names.CORE_CLIENT_DIR]]["secret"]["secretName"] == SETTINGS.core_cert_secret
+    assert all(m["readOnly"] for m in proxy["volumeMounts"])
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in proxy["args"])
+    assert flags["cert-file"] == f"{names.SERVER_CERT_DIR}/{names.TLS_CRT}"
+    assert flags["client-ca-file"] == f"{names.CLIENT_CA_DIR}/{names.CLIENT_CA_KEY}"
+    assert flags["core-ca-file"] == f"{names.CORE_CA_DIR}/{names.CORE_CA_KEY}"
+    assert flags["core-key-file"] == f"{names.CORE_CLIENT_DIR}/{names.TLS_KEY}"
+
+
+def test_probes_catch_a_hung_proxy_and_the_grace_period_covers_a_graceful_stop() -> None:
+    pod = kinds(run(sync_request(ORIGINAL_EXAMPLE)))["Deployment"]["spec"]["template"]["spec"]
+    [proxy] = pod["containers"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in proxy["args"])
+    stop = int(flags["shutdown-delay"].removesuffix("s")) + int(flags["shutdown-timeout"].removesuffix("s"))
+    assert proxy["livenessProbe"]["httpGet"] == {
+        "path": "/livez",
+        "port": names.PROXY_HEALTH_PORT_NAME,
+        "scheme": "HTTP",
+    }
+    assert proxy["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert proxy["livenessProbe"]["timeoutSeconds"] > 1  # the 1 s default timed out under load
+    assert pod["terminationGracePeriodSeconds"] > stop
 
 
 def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities_or_api_token() -> None:
@@ -117,14 +138,14 @@ def test_replicas_default_to_three_and_follow_the_spec() -> None:
     assert kinds(run(sync_request(etcdstorage(replicas=5))))["Deployment"]["spec"]["replicas"] == 5
 
 
-def test_certificates_reported_by_the_job_are_stamped_on_the_pod_template_and_shown_in_status() -> None:
+def test_certificates_reported_by_the_job_are_shown_in_status_and_roll_no_pod() -> None:
+    without = run(sync_request(ORIGINAL_EXAMPLE))
     request = sync_request(
-        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, digest="h1")))
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
     )
     answer = run(request)
-    template = kinds(answer)["Deployment"]["spec"]["template"]["metadata"]
-    assert template["annotations"][names.ANNOTATION_CERTIFICATES_HASH] == "h1"
-    assert template["annotations"][names.ANNOTATION_GUARD_CONFIG_HASH] == guard.config_hash()
+    template = kinds(answer)["Deployment"]["spec"]["template"]
+    assert template == kinds(without)["Deployment"]["spec"]["template"]  # the proxy reloads its certificates
     assert answer["status"]["certificates"]["servingCertificate"]["notAfter"] == "2026-12-21T22:00:00Z"
     assert condition(answer, "CertificatesReady")["status"] == "True"
 
@@ -149,30 +170,15 @@ def test_no_available_proxy_is_not_ready() -> None:
     assert (condition(answer, "Ready")["status"], condition(answer, "Ready")["reason"]) == ("False", "NoProxyAvailable")
 
 
-def test_without_a_report_the_pods_keep_the_hash_they_run_with() -> None:
+def test_an_unreadable_report_is_a_condition_not_an_error() -> None:
     request = sync_request(
-        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, digest="h1")))
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
     )
     with_pods = with_children(request, run(request))
-    with_pods["related"] = {"ConfigMap.v1": {}}
-    template = kinds(run(with_pods))["Deployment"]["spec"]["template"]["metadata"]
-    assert template["annotations"][names.ANNOTATION_CERTIFICATES_HASH] == "h1"
-
-
-def test_an_unreadable_report_is_a_condition_not_an_error_and_the_hash_is_kept() -> None:
-    request = sync_request(
-        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, digest="h1")))
-    )
-    with_pods = with_children(request, run(request))
-    with_pods["related"] = related(
-        "sample-apiserver", {names.ANNOTATION_CERTIFICATES_HASH: "h2", names.ANNOTATION_CERTIFICATES: "{"}
-    )
+    with_pods["related"] = related("sample-apiserver", {names.ANNOTATION_CERTIFICATES: "{"})
     answer = run(with_pods)
     assert condition(answer, "CertificatesReady")["reason"] == "CertificateReportUnreadable"
-    assert (
-        kinds(answer)["Deployment"]["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CERTIFICATES_HASH]
-        == "h1"
-    )
+    assert len(answer["children"]) == 3
 
 
 def test_a_core_client_certificate_with_a_common_name_is_a_clear_condition() -> None:
@@ -234,7 +240,7 @@ def test_operator_settings_reach_the_children() -> None:
     deployment = kinds(answer)["Deployment"]
     proxy = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "proxy")
     assert "--endpoints=https://a:2379,https://b:2379" in proxy["args"]
-    assert "--namespace=/sample-apiserver/" in proxy["args"]
+    assert "--prefix=/sample-apiserver/" in proxy["args"]
     assert deployment["metadata"]["namespace"] == "storage"
     assert deployment["spec"]["replicas"] == 2
 

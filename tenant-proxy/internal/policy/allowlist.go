@@ -47,6 +47,7 @@ const (
 	RPCNotAllowed     Reason = "rpc-not-allowed"
 	RequestTooLarge   Reason = "request-too-large"
 	TooManyOps        Reason = "too-many-ops"
+	TooManyReads      Reason = "too-many-reads"
 	NestedTxn         Reason = "nested-txn"
 	RangeInTxn        Reason = "range-in-txn"
 	EmptyOp           Reason = "empty-op"
@@ -59,7 +60,7 @@ const (
 
 // Reasons is every Reason, for metrics that export each from the start.
 var Reasons = []Reason{
-	RPCNotAllowed, RequestTooLarge, TooManyOps, NestedTxn, RangeInTxn, EmptyOp, InvalidCompare, UnknownValue,
+	RPCNotAllowed, RequestTooLarge, TooManyOps, TooManyReads, NestedTxn, RangeInTxn, EmptyOp, InvalidCompare, UnknownValue,
 	ChosenLeaseID, EmptyWatchRequest, TooManyWatches,
 }
 

@@ -15,13 +15,17 @@ type Limits struct {
 	// MaxTxnOps bounds the operations of a Txn, success and failure branches together, and separately its
 	// compares (etcd's --max-txn-ops, 128 by default, which etcd applies to each nesting level on its own).
 	MaxTxnOps int
+	// MaxTxnReads bounds what a Txn reads back: its Range operations (each of one key) and its writes that return
+	// the previous value (prev_kv). One key may hold 1.5 MiB, so 127 reads made a 1 KB request answer 190 MiB;
+	// kube-apiserver reads at most one key per transaction (the current object, when its compare fails).
+	MaxTxnReads int
 	// MaxWatchesPerStream bounds the watches open at once on one Watch stream (kube-apiserver keeps every watch
 	// of a connection on one stream, one per resource with its watch cache on, one per client watch without).
 	MaxWatchesPerStream int
 }
 
 // DefaultLimits are etcd's defaults, and room for a busy API server's watches.
-var DefaultLimits = Limits{MaxRequestBytes: 1536 * 1024, MaxTxnOps: 128, MaxWatchesPerStream: 10000}
+var DefaultLimits = Limits{MaxRequestBytes: 1536 * 1024, MaxTxnOps: 128, MaxTxnReads: 4, MaxWatchesPerStream: 10000}
 
 // sized is what every etcd message implements (gogo-generated code).
 type sized interface{ Size() int }
@@ -64,6 +68,10 @@ func (l Limits) checkTxn(txn *pb.TxnRequest) *Refusal {
 		return refuse(TooManyOps, codes.ResourceExhausted,
 			"Txn with %d compares is over the limit of %d", len(txn.Compare), l.MaxTxnOps)
 	}
+	if reads := txnReads(txn); l.MaxTxnReads > 0 && reads > l.MaxTxnReads {
+		return refuse(TooManyReads, codes.ResourceExhausted,
+			"Txn reads %d keys (Range operations and prev_kv), over the limit of %d", reads, l.MaxTxnReads)
+	}
 	for i, compare := range txn.Compare {
 		if refusal := checkCompare(compare, fmt.Sprintf("compare[%d]", i)); refusal != nil {
 			return refusal
@@ -80,6 +88,28 @@ func (l Limits) checkTxn(txn *pb.TxnRequest) *Refusal {
 		}
 	}
 	return nil
+}
+
+// txnReads counts the operations of a Txn that answer stored values (nested Txns are refused on their own).
+func txnReads(txn *pb.TxnRequest) int {
+	reads := 0
+	for _, ops := range [][]*pb.RequestOp{txn.Success, txn.Failure} {
+		for _, op := range ops {
+			switch r := op.GetRequest().(type) {
+			case *pb.RequestOp_RequestRange:
+				reads++
+			case *pb.RequestOp_RequestPut:
+				if r.RequestPut.GetPrevKv() {
+					reads++
+				}
+			case *pb.RequestOp_RequestDeleteRange:
+				if r.RequestDeleteRange.GetPrevKv() {
+					reads++
+				}
+			}
+		}
+	}
+	return reads
 }
 
 func checkOp(op *pb.RequestOp, where string) *Refusal {

@@ -122,7 +122,9 @@ func txnOp(r *pb.TxnRequest) (clientv3.Op, error) {
 		if compare == nil { // policy.Check refuses these before a request gets here
 			return clientv3.Op{}, fmt.Errorf("compare %d is empty: %w", i, errUnchecked)
 		}
-		compares[i] = clientv3.Cmp(*compare)
+		// Field by field, as every other request: a copy of the message would carry its unknown fields upstream.
+		compares[i] = clientv3.Cmp{Result: compare.Result, Target: compare.Target, Key: compare.Key,
+			TargetUnion: compare.TargetUnion, RangeEnd: compare.RangeEnd}
 	}
 	success, err := ops(r.Success)
 	if err != nil {
