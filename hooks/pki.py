@@ -99,7 +99,7 @@ def new_client_cert(
     algorithm: KeyAlgorithm,
     organization: str | None = None,
 ) -> KeyPair:
-    """A client certificate; `common_name=None` gives an empty CN, as etcd's grpc-proxy demands upstream."""
+    """A client certificate; `common_name=None` gives an empty subject Common Name."""
     key = new_key(algorithm)
     attributes = []
     if organization:

@@ -6,18 +6,22 @@ streams and large messages pass; the probes answer; refusals are gRPC errors a G
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
+import grpc
 import pytest
 
 from tests.isolation.attacks import DENIED_MESSAGE, PROXY_MESSAGE
+from tests.support import etcdrpc, proxy, stack
 from tests.support import etcdwire as wire
-from tests.support import proxy
-from tests.support import stack
 from tests.support.etcd import etcdctl
+from tests.support.proxy import TenantProxy, start_tenant_proxy
 
 pytestmark = pytest.mark.real
 
@@ -261,3 +265,97 @@ def test_docs_security_lists_exactly_the_proxys_allowlist() -> None:
     documented = dict(re.findall(r"^\| `(/[^`]+)` \| (.+?) \|$", table, flags=re.MULTILINE))
 
     assert documented == proxy.allowlist()
+
+
+SHUTDOWN_DELAY: Final = 1.0  # seconds the stopping proxy serves on, unready (the pod spec's is 5)
+
+
+@pytest.fixture
+def pair(tmp_path: Path, core: stack.Core) -> Iterator[tuple[stack.Tenant, TenantProxy]]:
+    """A tenant with two proxy pods: the one the test stops, and a second one its clients go to, as a Service's
+    endpoints would send them."""
+    args = [f"--shutdown-delay={SHUTDOWN_DELAY}s", "--shutdown-timeout=10s"]
+    with stack.tenant(tmp_path, core, "delta", args=args) as tenant:
+        second = start_tenant_proxy(
+            tmp_path / "second",
+            core.etcd,
+            prefix=tenant.prefix,
+            serving=tenant.pki.proxy,
+            upstream=core.pki.proxy_client,
+            name="delta-proxy-2",
+        )
+        try:
+            yield tenant, second
+        finally:
+            second.stop()
+
+
+def test_a_stopping_proxy_loses_no_write_and_its_watchers_resume_on_another(
+    pair: tuple[stack.Tenant, TenantProxy], core: stack.Core
+) -> None:
+    tenant, second = pair
+    stopping = tenant.proxy
+    written: list[bytes] = []
+    errors: list[grpc.StatusCode] = []
+    done = threading.Event()
+
+    def write() -> None:
+        """Puts one after the other; on UNAVAILABLE the same put goes to the other proxy, as etcd's client does."""
+        address = stopping.address
+        n = 0
+        while not done.is_set() and n < 2000:
+            key = b"/stop/%05d" % n
+            with etcdrpc.Client(address, tenant.identity) as client:
+                try:
+                    while not done.is_set() and n < 2000:
+                        client.put(key, b"v")
+                        written.append(key)
+                        n += 1
+                        key = b"/stop/%05d" % n
+                        time.sleep(0.005)
+                except grpc.RpcError as error:
+                    errors.append(error.code())
+                    address = second.address
+
+    with tenant.client() as watcher, watcher.watch(timeout=60) as stream:
+        stream.create(b"/stop/", b"/stop0")
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        time.sleep(1.0)
+        stopped_at = time.monotonic()
+        stopping.terminate()
+        unready = stopping.health("/readyz")
+        seen: list[wire.Event] = []
+        ended: grpc.RpcError | None = None
+        while ended is None and time.monotonic() - stopped_at < 15:
+            try:
+                seen += stream.receive(timeout=1).events
+            except grpc.RpcError as error:
+                ended = error
+            except queue.Empty:
+                continue
+        stream_ended = time.monotonic() - stopped_at
+        exit_code = stopping.process.popen.wait(timeout=15)
+        exited = time.monotonic() - stopped_at
+
+    # The watcher resumes on the other proxy from the revision after the last event it saw.
+    resume = seen[-1].kv.mod_revision + 1 if seen else 0
+    time.sleep(0.5)
+    done.set()
+    writer.join(timeout=10)
+    with etcdrpc.Client(second.address, tenant.identity) as client, client.watch(timeout=30) as resumed:
+        resumed.create(b"/stop/", b"/stop0", start_revision=resume)
+        seen += list(resumed.events(timeout=2))
+    with core.client() as admin:
+        stored = set(admin.range(tenant.prefix.encode() + b"/stop/", tenant.prefix.encode() + b"/stop0").keys)
+
+    assert unready == 503  # out of the Service at once
+    assert ended is not None
+    assert ended.code() is grpc.StatusCode.UNAVAILABLE  # etcd clients retry this at once, elsewhere
+    assert SHUTDOWN_DELAY <= stream_ended < SHUTDOWN_DELAY + 3  # not the whole grace period
+    assert exit_code == 0
+    assert exited < SHUTDOWN_DELAY + 5
+    assert set(errors) <= {grpc.StatusCode.UNAVAILABLE}, errors
+    assert len(written) > 200
+    assert {tenant.prefix.encode() + key for key in written} <= stored  # every acknowledged write is stored
+    assert [event.kv.key for event in seen] == written  # every write watched once, in order, across the stop

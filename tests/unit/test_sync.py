@@ -181,8 +181,8 @@ def test_an_unreadable_report_is_a_condition_not_an_error() -> None:
     assert len(answer["children"]) == 3
 
 
-def test_a_core_client_certificate_with_a_common_name_is_a_clear_condition() -> None:
-    problem = "its subject has a Common Name (CN=client); etcd's grpc-proxy requires an empty CN"
+def test_an_unusable_core_client_certificate_is_a_clear_condition() -> None:
+    problem = "the certificate in Secret kube-apiserver-storage/etcd-coreserving-cert: expired at 2026-11-01T00:00:00Z"
     request = sync_request(
         ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW, problem=problem)))
     )
