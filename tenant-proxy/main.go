@@ -1,6 +1,7 @@
 // Command tenant-proxy serves one tenant's view of the core etcd: the etcd v3 gRPC API over mutual TLS, the RPCs a
 // kube-apiserver-based server needs and nothing else, every request checked and moved under the tenant's key
-// prefix, certificates re-read while it runs. One process per pod; see README.md beside this file.
+// prefix, certificates re-read while it runs. One process per pod; see README.md beside this file and
+// docs/security.md at the repository's root.
 package main
 
 import (
@@ -132,6 +133,8 @@ func run(args []string) error {
 	stopping := make(chan struct{})
 	conn := upstream.ActiveConnection()
 	kv := tenant.NewKV(upstream.KV, prefix)
+	watch := tenant.NewWatch(pb.NewWatchClient(conn), prefix, c.limits, stopping)
+	watch.Refused = server.RecordRefusal(metrics, log)
 	health := &server.Health{
 		Loaded: func() bool { return source.Current() != nil },
 		Probe: func(ctx context.Context) error {
@@ -145,7 +148,7 @@ func run(args []string) error {
 		Creds: credentials.NewTLS(source.ServerConfig()),
 		Services: server.Services{
 			KV:          kv,
-			Watch:       tenant.NewWatch(pb.NewWatchClient(conn), prefix, c.limits, stopping),
+			Watch:       watch,
 			Lease:       tenant.NewLease(pb.NewLeaseClient(conn)),
 			Maintenance: tenant.NewMaintenance(pb.NewMaintenanceClient(conn)),
 		},

@@ -359,3 +359,26 @@ def test_a_stopping_proxy_loses_no_write_and_its_watchers_resume_on_another(
     assert len(written) > 200
     assert {tenant.prefix.encode() + key for key in written} <= stored  # every acknowledged write is stored
     assert [event.kv.key for event in seen] == written  # every write watched once, in order, across the stop
+
+
+@pytest.fixture
+def capped(tmp_path: Path, core: stack.Core) -> Iterator[stack.Tenant]:
+    with stack.tenant(tmp_path, core, "epsilon", args=["--max-watches-per-stream=2"]) as tenant:
+        yield tenant
+
+
+def test_a_watch_over_the_streams_limit_is_refused_alone_and_the_others_go_on(capped: stack.Tenant) -> None:
+    refused_before = capped.proxy.metric("etcdstorage_proxy_refusals_total", reason="too-many-watches")
+    with capped.client() as client, client.watch(timeout=30) as stream:
+        stream.create(b"/a")
+        stream.create(b"/b")
+        stream.send(wire.watch_create(b"/c"))
+        refused = stream.receive()
+        client.put(b"/a", b"still watched")
+        events = list(stream.events(timeout=2))
+
+    assert refused.created
+    assert refused.canceled  # as etcd answers a create it cannot make: the client's watch ends with the reason
+    assert "watches are open on this stream" in refused.cancel_reason
+    assert [(event.kv.key, event.kv.value) for event in events] == [(b"/a", b"still watched")]
+    assert capped.proxy.metric("etcdstorage_proxy_refusals_total", reason="too-many-watches") == refused_before + 1

@@ -161,11 +161,19 @@ func (g *guard) done(ctx context.Context, method string, started time.Time, err 
 	case err == nil && method != watchMethod:
 		g.health.Succeeded()
 	case errors.As(err, &refusal):
-		g.metrics.refusals.WithLabelValues(string(refusal.Reason)).Inc()
-		g.log.Warn("request refused", "rpc", truncate(method), "reason", refusal.Reason,
-			"code", refusal.GRPCStatus().Code().String(), "message", refusal.Error(), "client", client(ctx))
+		RecordRefusal(g.metrics, g.log)(ctx, method, refusal)
 	case err != nil && tenant.IsUpstreamFailure(err) && !errors.Is(err, tenant.ErrStopping):
 		g.metrics.upstreamErrors.WithLabelValues(rpc, code.String()).Inc()
+	}
+}
+
+// RecordRefusal counts and logs a refusal: of a whole RPC (by the interceptors), or of one request inside a stream
+// that goes on (a watch create over the limit, answered by the Watch service itself).
+func RecordRefusal(metrics *Metrics, log *slog.Logger) func(context.Context, string, *policy.Refusal) {
+	return func(ctx context.Context, method string, refusal *policy.Refusal) {
+		metrics.refusals.WithLabelValues(string(refusal.Reason)).Inc()
+		log.Warn("request refused", "rpc", truncate(method), "reason", refusal.Reason,
+			"code", refusal.GRPCStatus().Code().String(), "message", refusal.Error(), "client", client(ctx))
 	}
 }
 

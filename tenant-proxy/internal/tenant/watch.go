@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -17,6 +18,8 @@ import (
 
 // ErrStopping ends every open watch stream when the proxy stops: UNAVAILABLE, which etcd clients retry at once
 // on another endpoint, resuming from the last revision they saw.
+const watchMethod = "/etcdserverpb.Watch/Watch"
+
 var ErrStopping = status.Error(codes.Unavailable, "etcdstorage tenant proxy is shutting down: reconnect to another proxy")
 
 // Watch serves the tenant's Watch service. Each client stream gets a stream of its own to the core etcd, so that
@@ -24,15 +27,17 @@ var ErrStopping = status.Error(codes.Unavailable, "etcdstorage tenant proxy is s
 // filters, prev_kv, compaction errors); only keys change, under the prefix on the way in and out of it on the way
 // back. Requests arrive checked (policy.Check); this bounds the watches open on a stream, which needs its state.
 type Watch struct {
-	upstream   pb.WatchClient
-	prefix     Prefix
-	maxWatches int
-	stopping   <-chan struct{}
+	upstream pb.WatchClient
+	prefix   Prefix
+	limits   policy.Limits
+	stopping <-chan struct{}
+	// Refused, when set, is told of a create refused inside a stream that goes on (for the metric and the log).
+	Refused func(ctx context.Context, method string, refusal *policy.Refusal)
 }
 
 // NewWatch serves watches under prefix through upstream; a stream ends with ErrStopping once stopping is closed.
 func NewWatch(upstream pb.WatchClient, prefix Prefix, limits policy.Limits, stopping <-chan struct{}) *Watch {
-	return &Watch{upstream: upstream, prefix: prefix, maxWatches: limits.MaxWatchesPerStream, stopping: stopping}
+	return &Watch{upstream: upstream, prefix: prefix, limits: limits, stopping: stopping}
 }
 
 func (w *Watch) Watch(client pb.Watch_WatchServer) error {
@@ -70,7 +75,9 @@ type watchStream struct {
 	*Watch
 	client   pb.Watch_WatchServer
 	upstream pb.Watch_WatchClient
-	open     atomic.Int64 // watches created and not yet canceled
+	open     atomic.Int64                      // watches created and not yet canceled
+	sending  sync.Mutex                        // both directions answer the client: one message at a time
+	header   atomic.Pointer[pb.ResponseHeader] // the core's latest, for answers the proxy makes itself
 }
 
 // fromClient forwards the client's requests, rebuilt field by field (nothing unknown travels) with keys under the
@@ -85,6 +92,13 @@ func (s *watchStream) fromClient() error {
 			return err
 		}
 		forward, err := s.rewrite(request)
+		var refusal *policy.Refusal
+		if errors.As(err, &refusal) && refusal.Reason == policy.TooManyWatches {
+			if err := s.refuseCreate(refusal); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -100,8 +114,8 @@ func (s *watchStream) rewrite(request *pb.WatchRequest) (*pb.WatchRequest, error
 		if r.CreateRequest == nil {
 			break
 		}
-		if s.maxWatches > 0 && s.open.Load() >= int64(s.maxWatches) {
-			return nil, policy.Limits{MaxWatchesPerStream: s.maxWatches}.WatchesExhausted()
+		if s.limits.MaxWatchesPerStream > 0 && s.open.Load() >= int64(s.limits.MaxWatchesPerStream) {
+			return nil, s.limits.WatchesExhausted()
 		}
 		s.open.Add(1)
 		create := r.CreateRequest
@@ -132,6 +146,31 @@ func (s *watchStream) rewrite(request *pb.WatchRequest) (*pb.WatchRequest, error
 	return nil, errUnchecked // policy.Check refuses empty requests before they get here
 }
 
+// refuseCreate answers a create over the limit as etcd answers a create it cannot make: created and canceled at
+// once, with the reason, watch ID -1. The other watches of the stream go on.
+func (s *watchStream) refuseCreate(refusal *policy.Refusal) error {
+	if s.Refused != nil {
+		s.Refused(s.client.Context(), watchMethod, refusal)
+	}
+	header := s.header.Load()
+	if header == nil {
+		header = &pb.ResponseHeader{} // clients read the header of every response: never leave it out
+	}
+	return s.send(&pb.WatchResponse{
+		Header:       header,
+		WatchId:      clientv3.InvalidWatchID,
+		Created:      true,
+		Canceled:     true,
+		CancelReason: refusal.Error(),
+	})
+}
+
+func (s *watchStream) send(response *pb.WatchResponse) error {
+	s.sending.Lock()
+	defer s.sending.Unlock()
+	return s.client.Send(response)
+}
+
 // toClient forwards the core's responses with the prefix taken off every key.
 func (s *watchStream) toClient(ctx context.Context) error {
 	for {
@@ -141,6 +180,9 @@ func (s *watchStream) toClient(ctx context.Context) error {
 		}
 		if err != nil {
 			return upstreamError(ctx, err)
+		}
+		if response.Header != nil {
+			s.header.Store(response.Header)
 		}
 		if response.Canceled {
 			s.open.Add(-1)
@@ -153,7 +195,7 @@ func (s *watchStream) toClient(ctx context.Context) error {
 				return errOutside
 			}
 		}
-		if err := s.client.Send(response); err != nil {
+		if err := s.send(response); err != nil {
 			return err
 		}
 	}

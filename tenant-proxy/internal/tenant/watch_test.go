@@ -398,7 +398,7 @@ func TestWatchLimitsTheWatchesOfAStream(t *testing.T) {
 		before func(t *testing.T, stream pb.Watch_WatchClient, core *coreStream)
 		passes bool // whether the create of "refused" reaches the core after all
 	}{
-		{"the watch over the limit ends the stream with RESOURCE_EXHAUSTED", func(t *testing.T, stream pb.Watch_WatchClient, core *coreStream) {
+		{"the watch over the limit is refused alone, as etcd refuses a create", func(t *testing.T, stream pb.Watch_WatchClient, core *coreStream) {
 			forward(t, stream, core, watchOf("a"))
 			forward(t, stream, core, watchOf("b"))
 		}, false},
@@ -439,12 +439,13 @@ func TestWatchLimitsTheWatchesOfAStream(t *testing.T) {
 				sameMessage(t, core.next(t), watchOf(string(testPrefix)+refused))
 				return
 			}
-			wantStatus(t, recvError(t, stream), codes.ResourceExhausted, policy.Limits{MaxWatchesPerStream: limit}.WatchesExhausted().Error())
-			var refusal *policy.Refusal
-			if err := receive(t, rig.ended, "end of the handler"); !errors.As(err, &refusal) || refusal.Reason != policy.TooManyWatches {
-				t.Errorf("the handler ended with %v, want the refusal %s", err, policy.TooManyWatches)
+			refused := recvResponse(t, stream)
+			want := limits.WatchesExhausted().Error()
+			if !refused.Created || !refused.Canceled || refused.WatchId != -1 || refused.CancelReason != want || refused.Header == nil {
+				t.Errorf("the refused create was answered %v, want created and canceled, watch ID -1, reason %q", refused, want)
 			}
-			closed(t, core.done, "the end of the core's stream")
+			// The stream goes on: its other watches stay, and the next request reaches the core.
+			forward(t, stream, core, progress())
 			for len(core.requests) > 0 {
 				if request := <-core.requests; request.GetCreateRequest() != nil {
 					t.Errorf("the refused create reached the core: %v", request)
