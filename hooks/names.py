@@ -66,6 +66,8 @@ ANNOTATION_SIGNED_BY: Final = f"{GROUP}/certificate-signed-by"
 # --- Per tenant ---------------------------------------------------------------------------------------------------
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_DNS_LABEL: Final = 63
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MAX_DNS_SUBDOMAIN: Final = 253
 PROXY_NAME_PREFIX: Final = "etcd-"
 MAX_NAME_LENGTH: Final = MAX_DNS_LABEL - len(PROXY_NAME_PREFIX)  # 58: etcd-<N> is a Service name
 

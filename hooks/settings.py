@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
@@ -14,6 +16,11 @@ from typing import Final
 from hooks import durations, names
 
 ENV_PREFIX: Final = "ETCDSTORAGE_"
+# [registry[:port]/]path[:tag][@digest], as the kubelet reads an image reference; no whitespace, no scheme.
+_IMAGE: Final = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
 
 
 class SettingsError(ValueError):
@@ -40,9 +47,48 @@ class Settings:
 # Environment variable (without prefix) -> (field, parser).
 def _urls(value: str) -> tuple[str, ...]:
     urls = tuple(url.strip() for url in value.split(",") if url.strip())
-    if not urls or not all(url.startswith(("https://", "http://")) for url in urls):
+    if not urls:
         raise ValueError("expected a comma-separated list of http(s):// URLs")
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("https", "http") or not parsed.hostname or any(c.isspace() for c in url):
+            raise ValueError(f"{url!r} is not an http(s)://host[:port] URL")
+        if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
+            raise ValueError(f"{url!r}: an etcd client URL has a scheme, a host and a port only")
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     return urls
+
+
+def _prefix_root(value: str) -> str:
+    """`/`, or DNS labels separated by `/`: never the core API server's `/registry` or another system's top-level
+    key (with root `registry`, a tenant named `secrets` would get `/registry/secrets/`, every Secret of the cluster)."""
+    segments = [segment for segment in value.strip().split("/") if segment]
+    if not segments:
+        return "/"
+    for segment in segments:
+        if not names.DNS_LABEL.match(segment) or len(segment) > names.MAX_DNS_LABEL:
+            raise ValueError(
+                f"segment {segment!r} is not a DNS label: expected '/' or labels separated by '/', "
+                "such as 'etcdstorage'"
+            )
+    if segments[0] in names.RESERVED_NAMES:
+        raise ValueError(
+            f"'/{segments[0]}/' holds another system's keys in a core etcd (kube-apiserver stores the cluster under "
+            "/registry): tenants under it could read them; choose another root, such as 'etcdstorage'"
+        )
+    return "/".join(segments)
+
+
+def _image(value: str) -> str:
+    if not _IMAGE.match(value.strip()):
+        raise ValueError("expected a container image reference, such as 'registry.example/etcdstorage-proxy:0.1.0'")
+    return value.strip()
+
+
+def _dns_subdomain(value: str) -> str:
+    if not names.DNS_SUBDOMAIN.match(value) or len(value) > names.MAX_DNS_SUBDOMAIN:
+        raise ValueError("expected a DNS subdomain (lower-case letters, digits, '-' and '.', at most 253 characters)")
+    return value
 
 
 def _positive_int(value: str) -> int:
@@ -65,20 +111,14 @@ def _duration(value: str) -> timedelta:
     return parsed
 
 
-def _text(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value.strip()
-
-
 _PARSERS: Final = {
     "NAMESPACE": ("namespace", _dns_label),
     "CORE_ETCD_URLS": ("core_etcd_urls", _urls),
-    "CORE_CA_CONFIGMAP": ("core_ca_configmap", _text),
-    "CORE_CERT_SECRET": ("core_cert_secret", _text),
-    "PROXY_IMAGE": ("proxy_image", _text),
-    "KEY_PREFIX_ROOT": ("key_prefix_root", _text),
-    "CLUSTER_DOMAIN": ("cluster_domain", _text),
+    "CORE_CA_CONFIGMAP": ("core_ca_configmap", _dns_subdomain),
+    "CORE_CERT_SECRET": ("core_cert_secret", _dns_subdomain),
+    "PROXY_IMAGE": ("proxy_image", _image),
+    "KEY_PREFIX_ROOT": ("key_prefix_root", _prefix_root),
+    "CLUSTER_DOMAIN": ("cluster_domain", _dns_subdomain),
     "REPLICAS": ("replicas", _positive_int),
     "WAITING_RESYNC_SECONDS": ("waiting_resync_seconds", _positive_int),
     "CA_PROPAGATION_DELAY": ("ca_propagation_delay", _duration),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
@@ -22,8 +21,6 @@ DEFAULT_SIGNING_VALIDITY: Final = "8760h"
 DEFAULT_SERVING_VALIDITY: Final = "730h"
 DEFAULT_CLIENT_VALIDITY: Final = "730h"
 MAX_REPLICAS: Final = 50
-
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class KeyAlgorithm(enum.StrEnum):
@@ -204,7 +201,7 @@ def _destinations(spec: Mapping[str, Any], field: str, problems: list[Problem]) 
             problems.append(Problem(where, "must be an object with name and namespace"))
             continue
         name, namespace = item.get("name"), item.get("namespace")
-        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name) or len(name) > 253:
+        if not isinstance(name, str) or not names.DNS_SUBDOMAIN.match(name) or len(name) > names.MAX_DNS_SUBDOMAIN:
             problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {name!r}"))
             continue
         if (
