@@ -3,10 +3,11 @@ in front of etcd's grpc-proxy: "before"), and with the same client straight to t
 the price of isolation.
 
     python -m bench.datapath            # full run (about three minutes)
+    python -m bench.datapath --etcd 3.5 # the same with a core etcd 3.5
     python -m bench.datapath --quick    # a few seconds, to check that the benchmark still works
 
-Everything runs on loopback, started here and stopped at the end: the core etcd (3.6, built by
-tests/e2e/build-etcd.sh; TLS with client certificates), a tenant's proxy pod as tests/support/stack.py runs it (the
+Everything runs on loopback, started here and stopped at the end: the core etcd (3.6 unless --etcd says 3.5, built
+by tests/e2e/build-etcd.sh; TLS with client certificates), a tenant's proxy pod as tests/support/stack.py runs it (the
 tenant proxy of this repository), and the previous pod (grpc-proxy of the same etcd with --namespace on plaintext
 loopback, the guard in front: nginx from Debian with the production configuration but one worker). Every path uses
 the same client, the grpcio one of tests/support/etcdrpc.py, over TLS with a client certificate, one HTTP/2
@@ -238,9 +239,9 @@ def _shown(value: float) -> str:
 
 
 @contextlib.contextmanager
-def data_paths(workdir: Path) -> Iterator[tuple[Route, ...]]:
+def data_paths(workdir: Path, version: str) -> Iterator[tuple[Route, ...]]:
     with (
-        stack.core_etcd(workdir / "core") as core,
+        stack.core_etcd(workdir / "core", version=version) as core,
         stack.tenant(workdir / "tenant", core, TENANT) as tenant,
         core.client() as direct,
         tenant.client() as proxied,
@@ -268,10 +269,8 @@ def _before(workdir: Path, core: stack.Core, tenant: stack.Tenant) -> Iterator[R
         grpc_proxy.process.stop()
 
 
-def versions() -> str:
-    etcd = subprocess.run(
-        [etcd_server(stack.ETCD_VERSIONS[-1]), "--version"], capture_output=True, text=True, check=True
-    ).stdout
+def versions(etcd_version: str) -> str:
+    etcd = subprocess.run([etcd_server(etcd_version), "--version"], capture_output=True, text=True, check=True).stdout
     nginx = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, check=True).stderr
     return f"etcd {etcd.split()[2]}, {nginx.strip().removeprefix('nginx version: ')}"
 
@@ -279,11 +278,12 @@ def versions() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny counts: check that it runs, figures mean little")
+    parser.add_argument("--etcd", choices=stack.ETCD_VERSIONS, default=stack.ETCD_VERSIONS[-1], help="core etcd")
     args = parser.parse_args()
     if shutil.which("nginx") is None and shutil.which("/usr/sbin/nginx") is None:
         raise SystemExit("nginx is required (Debian: apt-get install nginx-light)")
     seconds, keys = (0.25, 50) if args.quick else (5.0, 1000)
-    print(f"{machine()}; {versions()}")
+    print(f"{machine()}; {versions(args.etcd)}")
     print()
     header = ["operation", "clients", "proxy ops/s", "before ops/s", "direct ops/s", "proxy/direct", "before/direct",
               "p50 ms proxy", "before", "direct", "p99 ms proxy", "before", "direct"]  # fmt: skip
@@ -291,7 +291,10 @@ def main() -> int:
     kv_rows: list[list[object]] = []
     watch_rows: list[list[object]] = []
     usage: dict[str, list[float]] = {path: [0.0, 0.0] for path in PATHS[:2]}  # CPU seconds, operations
-    with tempfile.TemporaryDirectory(prefix="etcdstorage-bench-") as scratch, data_paths(Path(scratch)) as routes:
+    with (
+        tempfile.TemporaryDirectory(prefix="etcdstorage-bench-") as scratch,
+        data_paths(Path(scratch), args.etcd) as routes,
+    ):
         idle = {route.name: resident_mib(route.pids) for route in routes if route.pids}
         peak = dict(idle)
         steps = {route.name: kv_steps(route, keys) for route in routes}

@@ -31,9 +31,9 @@ def tables(output: str) -> dict[str, int]:
     return found
 
 
-def run(benchmark: str, timeout: float) -> dict[str, int]:
+def run(benchmark: str, timeout: float, *args: str) -> dict[str, int]:
     result = subprocess.run(
-        [sys.executable, "-m", f"bench.{benchmark}", "--quick"],
+        [sys.executable, "-m", f"bench.{benchmark}", "--quick", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -56,10 +56,12 @@ def test_the_hook_benchmark_prints_in_process_and_under_load_figures() -> None:
     assert rows_of(found, "POST /sync, one uvicorn worker") == 2  # 1 and 16 clients
 
 
-def test_the_data_path_benchmark_prints_kv_and_watch_figures_for_both_paths() -> None:
-    found = run("datapath", timeout=120)
+@pytest.mark.parametrize("etcd", ["3.5", "3.6"])
+def test_the_data_path_benchmark_prints_kv_watch_and_cost_figures_for_every_path(etcd: str) -> None:
+    found = run("datapath", 180, f"--etcd={etcd}")
     assert rows_of(found, "KV, grpcio client over TLS") == 6  # put, get, list; 1 and 16 clients
     assert rows_of(found, "Watch: one watcher on a prefix") == 2
+    assert rows_of(found, "The proxies' own cost") == 2  # the tenant proxy, and guard + grpc-proxy
 
 
 @pytest.mark.e2e
