@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -116,7 +117,12 @@ func run(args []string) error {
 		Endpoints: strings.Split(c.endpoints, ","),
 		// Not clientv3's TLS option, which fixes the CA bundle at start: these credentials, given last, replace
 		// the ones clientv3 sets up for https:// endpoints.
-		DialOptions:          []grpc.DialOption{grpc.WithTransportCredentials(source.ClientCredentials())},
+		DialOptions: []grpc.DialOption{
+			grpc.WithTransportCredentials(source.ClientCredentials()),
+			// The raw Watch, Lease and Maintenance clients on this connection get clientv3's receive limit too,
+			// not gRPC's default of 4 MiB: one watch response carries every event of a revision.
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)),
+		},
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    30 * time.Second,
 		DialKeepAliveTimeout: 10 * time.Second,

@@ -382,3 +382,19 @@ def test_a_watch_over_the_streams_limit_is_refused_alone_and_the_others_go_on(ca
     assert "watches are open on this stream" in refused.cancel_reason
     assert [(event.kv.key, event.kv.value) for event in events] == [(b"/a", b"still watched")]
     assert capped.proxy.metric("etcdstorage_proxy_refusals_total", reason="too-many-watches") == refused_before + 1
+
+
+def test_a_watch_response_larger_than_grpcs_default_4_mib_reaches_the_watcher(alpha: stack.Tenant) -> None:
+    """One DeleteRange of four large keys is one revision: etcd sends its four events, each with the deleted value
+    (prev_kv), in one response of about 5.6 MiB, beyond gRPC's default limit on what a client receives."""
+    values = {b"/huge/%d" % n: bytes([65 + n]) * (1400 * 1024) for n in range(4)}
+    with alpha.client() as client, client.watch(timeout=60) as stream:
+        for key, value in values.items():
+            client.put(key, value)
+        stream.send(wire.watch_create(b"/huge/", b"/huge0", prev_kv=True))
+        assert stream.receive().created
+        client.delete_range(b"/huge/", b"/huge0")
+        events = list(stream.events(timeout=5))
+
+    assert [(event.type, event.kv.key) for event in events] == [(wire.EventType.DELETE, key) for key in values]
+    assert [event.prev_kv.value for event in events if event.prev_kv] == list(values.values())
