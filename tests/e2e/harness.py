@@ -408,7 +408,7 @@ def api_server(
     extra_args: Sequence[str] = (),
 ) -> Iterator[ApiServer]:
     """One more kube-apiserver, configured as the control plane's but on an etcd of the caller's choosing (a tenant's
-    guard, say), with certificates of its own in `directory`; ready (`/readyz`) for the duration of the block.
+    proxy, say), with certificates of its own in `directory`; ready (`/readyz`) for the duration of the block.
 
     `etcd_tls` is what it reads with --etcd-cafile, --etcd-certfile and --etcd-keyfile. `hosts` (name -> address)
     resolves names for this process alone (`processes.with_hosts`), so that `etcd_servers` may name a Service.

@@ -50,7 +50,7 @@ def victims(core: stack.Core, alpha: stack.Tenant, beta: stack.Tenant) -> Victim
 
 @pytest.fixture(scope="session")
 def bare_proxy(tmp_path_factory: pytest.TempPathFactory, core: stack.Core, alpha: stack.Tenant) -> Iterator[GrpcProxy]:
-    """alpha's prefix behind a grpc-proxy that serves TLS and checks alpha's client CA itself: no guard."""
+    """alpha's prefix behind a grpc-proxy that serves TLS and checks alpha's client CA itself: no tenant proxy."""
     proxy = start_grpc_proxy(
         tmp_path_factory.mktemp("alpha-bare"),
         core.etcd,
