@@ -64,7 +64,7 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
         objects = api.list_etcdstorages()
     except kube.ApiError as error:
         if isinstance(error, kube.ForbiddenError):
-            fix = f"apply {RBAC_MANIFEST}: its ClusterRole lets {SERVICE_ACCOUNT} get and list {names.PLURAL}"
+            fix = f"apply {RBAC_MANIFEST}: its ClusterRole lets {SERVICE_ACCOUNT} list {names.PLURAL}"
         elif isinstance(error, kube.NotFoundError):
             fix = "apply manifests/crd.yaml: the EtcdStorage resource is not installed"
         else:

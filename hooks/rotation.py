@@ -3,11 +3,12 @@
 Also the layout of the `<N>-signer` Secret that carries the CAs from one run to the next. Pure: time is an argument,
 new CAs come from an injected factory, nothing is read, written or logged here.
 
-CA rotation follows OpenShift library-go's certrotation: a CA due for renewal is not replaced but *staged*: a new CA
-is generated and published in the bundles next to the current one. Only once every bundle has held it for the
-propagation delay is it *promoted*: it signs from then on, the leaves signed by the old CA are re-issued, and the old
-CA stays in the bundles, *retired*, until it expires. Consumers that load their CA files only at start (nginx,
-grpc-proxy, kube-apiserver) therefore hold the new CA before they meet a certificate signed by it.
+CA rotation with overlap: a CA due for renewal is not replaced but *staged*: a new CA is generated and published in
+the bundles next to the current one. Only once every bundle has held it for the propagation delay is it *promoted*:
+it signs from then on, the leaves signed by the old CA are re-issued, and the old CA stays in the bundles, *retired*,
+until it expires. (OpenShift library-go's certrotation, by contrast, replaces the signer at once and delays only the
+leaves.) Consumers that load their CA files only at start (kube-apiserver) therefore hold the new CA before they meet
+a certificate signed by it; the tenant proxy re-reads its files, and gets the same guarantee.
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ class FakeApi:
         self.etcdstorages: dict[str, dict[str, Any]] = {}
         self.writes: list[Write] = []
         self.reads: list[Read] = []
+        self.etcdstorage_verbs: set[str] = set()  # what the job asked of the EtcdStorage resource
         self.forbidden: set[tuple[str, kube.Kind, str, str]] = set()  # (verb, kind, namespace, name); name "*": all
         self.allowed_only: dict[tuple[str, kube.Kind, str], set[str]] = {}  # (verb, kind, namespace) -> names
         self.list_forbidden = False
@@ -114,6 +115,7 @@ class FakeApi:
     # --- kube.Api ---
 
     def list_etcdstorages(self) -> list[dict[str, Any]]:
+        self.etcdstorage_verbs.add("list")
         if self.list_forbidden:
             raise kube.ForbiddenError(403, "Forbidden", f"cannot list resource {names.PLURAL!r}")
         return [copy.deepcopy(obj) for _, obj in sorted(self.etcdstorages.items())]

@@ -67,8 +67,8 @@ def test_the_job_is_granted_exactly_the_verbs_it_uses(tmp_path: Path) -> None:
         "name": job.SERVICE_ACCOUNT,
         "namespace": names.DEFAULT_CONTROLLER_NAMESPACE,
     }
-    [rule] = one(rbac, "ClusterRole")["rules"]
-    assert rule == {"apiGroups": [names.GROUP], "resources": [names.PLURAL], "verbs": ["get", "list"]}
+    [cluster_rule] = one(rbac, "ClusterRole")["rules"]
+    assert (cluster_rule["apiGroups"], cluster_rule["resources"]) == ([names.GROUP], [names.PLURAL])
     [rule] = one(rbac, "Role")["rules"]
     assert sorted(rule["resources"]) == ["configmaps", "secrets"]
 
@@ -81,6 +81,7 @@ def test_the_job_is_granted_exactly_the_verbs_it_uses(tmp_path: Path) -> None:
     used = {read.verb for read in world.api.reads if read.namespace == C}
     used |= {write.verb for write in world.api.writes if write.namespace == C}
     assert set(rule["verbs"]) == used == {"get", "list", "create", "update"}
+    assert set(cluster_rule["verbs"]) == world.api.etcdstorage_verbs == {"list"}
     for binding in (one(rbac, "RoleBinding"), one(rbac, "ClusterRoleBinding")):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": job.SERVICE_ACCOUNT, "namespace": names.DEFAULT_CONTROLLER_NAMESPACE}
