@@ -9,22 +9,34 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final
+from typing import Annotated, Final
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from hooks import names
 
 # Certificates the report covers, in the order status shows them.
 CERTIFICATES: Final = ("servingCA", "clientCA", "servingCertificate", "clientCertificate")
+_MAX_PLACE: Final = 100  # characters of a refused field's place named in a ReportError
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The time in UTC, or ValueError when UTC has no such year (9999-12-31T23:00:00-01:00 is in year 10000)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is not a time between years 1 and 9999 in UTC") from None
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class CertificateTimes(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    notBefore: AwareDatetime
-    notAfter: AwareDatetime
-    renewalTime: AwareDatetime
+    notBefore: UtcTime
+    notAfter: UtcTime
+    renewalTime: UtcTime
 
 
 # Read off the model rather than through model_dump(), which costs more than the formatting on every sync.
@@ -59,20 +71,39 @@ def to_annotations(report: Report) -> dict[str, str]:
     }
 
 
-def from_annotations(annotations: Mapping[str, str]) -> Report | None:
-    """The report, or None when the job has not written one yet; `ReportError` when it cannot be read."""
+def from_annotations(annotations: object) -> Report | None:
+    """The report, or None when the job has not written one yet; `ReportError` when it cannot be read.
+
+    Takes whatever the ConfigMap's `metadata.annotations` holds: anything but a map of strings is unreadable.
+    """
+    if not isinstance(annotations, Mapping):
+        raise ReportError("metadata.annotations is not a map of strings")
     if names.ANNOTATION_CERTIFICATES not in annotations:
         return None
+    certificates = annotations[names.ANNOTATION_CERTIFICATES]
+    problem = annotations.get(names.ANNOTATION_CORE_CERT_PROBLEM, "")
+    for name, value in ((names.ANNOTATION_CERTIFICATES, certificates), (names.ANNOTATION_CORE_CERT_PROBLEM, problem)):
+        if not isinstance(value, str):
+            raise ReportError(f"annotation {name} is not a string")
     try:
-        certificates = json.loads(annotations[names.ANNOTATION_CERTIFICATES])
-        return Report(
-            certificates=certificates,
-            core_certificate_problem=annotations.get(names.ANNOTATION_CORE_CERT_PROBLEM, ""),
-        )
-    except (ValueError, ValidationError) as error:
+        return Report(certificates=json.loads(certificates), core_certificate_problem=problem)
+    except ValidationError as error:
+        # The first problem only, its place cut short: the message lands in status, once per tenant.
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(step) for step in first["loc"])[:_MAX_PLACE]
+        more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+        raise ReportError(
+            f"annotation {names.ANNOTATION_CERTIFICATES} does not parse: {where}: {first['msg']}{more}"
+        ) from None
+    # RecursionError: json.loads gives up on a value nested some thousand levels deep.
+    except (ValueError, RecursionError) as error:
         raise ReportError(f"annotation {names.ANNOTATION_CERTIFICATES} does not parse: {error}") from None
 
 
 def rfc3339(value: datetime) -> str:
-    """UTC, whole seconds, `Z`: the form Kubernetes uses for times (and the original's expiry annotation)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC, whole seconds, `Z`: the form Kubernetes uses for times (and the original's expiry annotation).
+
+    Four-digit years always: glibc's strftime writes year 1 as `1`, which is not RFC 3339.
+    """
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"

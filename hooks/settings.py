@@ -42,6 +42,28 @@ class Settings:
     # Cert-rotation job: the least time a new CA stays published in the bundles before leaves are issued from it
     # (at least a tenth of the CA's validity is used when that is longer; see hooks/rotation.py).
     ca_propagation_delay: timedelta = timedelta(minutes=10)
+    # Hook requests (hooks/app.py). A sync body holds the parent (at most 1.5 MiB, etcd's limit), the `<N>-ca-cert`
+    # ConfigMap (as much) and three children the hook wrote (some 5 kB, plus at most 256 KiB of annotations each):
+    # under 4 MiB at every ceiling at once; real bodies are some 50 kB. Memory sets the bound too: the worst body (a
+    # status echoed while finalizing) costs 8 times its size to answer, and 16 clients sending it at once took the
+    # hook to 220-260 MiB at 8 MiB, 130-140 MiB at 4 MiB (its container has 256Mi).
+    hook_max_body_bytes: int = 4 * 1024 * 1024
+    # Commas and opening brackets in a body, an upper bound of the JSON values it holds (real bodies: some 3,500).
+    # Parsed, a tiny value costs up to 27 times its bytes (4 MiB of `[],` is 110 MB): this bounds what size cannot.
+    hook_max_json_values: int = 256 * 1024
+    # Kinds in `children` and in `related`, and objects of each kind: Metacontroller sends the three child kinds and
+    # the one ConfigMap the hook asks for, and the hook names one child of each kind.
+    hook_max_objects_per_kind: int = 16
+    # Items of a list in an EtcdStorage spec, as the CRD's maxItems (32 destinations per list): a longer list is
+    # refused whole, before a problem is named for each of its items.
+    hook_max_spec_list_items: int = 32
+    # Requests read, parsed, answered and sent at once, the work in a worker thread; the others wait, their bodies
+    # unread. Two, so that one slow request holds up no other: more buy no speed (one thread runs at a time under the
+    # GIL), only memory.
+    hook_workers: int = 2
+    # Seconds a body may take to arrive, and its answer to be taken, so that a stalled client cannot keep a worker:
+    # Metacontroller's own timeout for a hook call (metacontroller/compositecontroller.yaml).
+    hook_read_timeout_seconds: int = 10
 
 
 # Environment variable (without prefix) -> (field, parser).
@@ -122,6 +144,12 @@ _PARSERS: Final = {
     "REPLICAS": ("replicas", _positive_int),
     "WAITING_RESYNC_SECONDS": ("waiting_resync_seconds", _positive_int),
     "CA_PROPAGATION_DELAY": ("ca_propagation_delay", _duration),
+    "HOOK_MAX_BODY_BYTES": ("hook_max_body_bytes", _positive_int),
+    "HOOK_MAX_JSON_VALUES": ("hook_max_json_values", _positive_int),
+    "HOOK_MAX_OBJECTS_PER_KIND": ("hook_max_objects_per_kind", _positive_int),
+    "HOOK_MAX_SPEC_LIST_ITEMS": ("hook_max_spec_list_items", _positive_int),
+    "HOOK_WORKERS": ("hook_workers", _positive_int),
+    "HOOK_READ_TIMEOUT_SECONDS": ("hook_read_timeout_seconds", _positive_int),
 }
 
 

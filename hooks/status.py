@@ -69,9 +69,10 @@ def is_ready(status: Mapping[str, Any]) -> bool:
 
 
 def _available_replicas(deployment: Mapping[str, Any] | None) -> int:
-    if deployment is None:
+    reported = deployment.get("status") if deployment is not None else None
+    if not isinstance(reported, Mapping):  # none yet, or not an object: nothing is known to be available
         return 0
-    value = (deployment.get("status") or {}).get("availableReplicas", 0)
+    value = reported.get("availableReplicas", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 

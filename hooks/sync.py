@@ -1,7 +1,8 @@
 """The sync and customize hooks as pure functions: observed EtcdStorage and children in, desired state out.
 
 No clock, environment or network: `now` and `settings` are arguments. Raises `spec.InvalidSpec` for an object it
-refuses; the HTTP edge turns that into a 422 so that Metacontroller keeps the existing children.
+refuses and `TooManyObjects` for a request beyond the settings' bounds; the HTTP edge turns those into a 422 so that
+Metacontroller keeps the existing children.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ from hooks.wire import (
 MAX_RESYNC_SECONDS: Final = 3600.0
 
 
+class TooManyObjects(ValueError):
+    """`children` or `related` holds more kinds, or more objects of a kind, than `limit` allows."""
+
+    def __init__(self, limit: int, problems: list[str]) -> None:
+        self.limit, self.problems = limit, problems
+        super().__init__(f"more than {limit} kinds, or objects of a kind, in children or related")
+
+
 def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncResponse:
+    _check_counts(request, settings.hook_max_objects_per_kind)
     try:
+        _check_spec_lists(request, settings.hook_max_spec_list_items)
         tenant = spec.parse({"metadata": request.parent.metadata, "spec": request.parent.spec})
     except spec.InvalidSpec:
         if not request.finalizing:
@@ -67,7 +78,8 @@ def _observe(request: SyncRequest, tenant: str, settings: Settings) -> status.Ob
     configmap = _find(request.related, CONFIGMAPS, f"{settings.namespace}/{names.client_ca_configmap(tenant)}")
     certificates, error = None, ""
     if configmap is not None:
-        annotations = (configmap.get("metadata") or {}).get("annotations") or {}
+        metadata = configmap.get("metadata")
+        annotations = (metadata.get("annotations") if isinstance(metadata, dict) else None) or {}
         try:
             certificates = report.from_annotations(annotations)
         except report.ReportError as failure:
@@ -78,6 +90,34 @@ def _observe(request: SyncRequest, tenant: str, settings: Settings) -> status.Ob
         certificates=certificates,
         certificates_error=error,
     )
+
+
+def _check_counts(request: SyncRequest, limit: int) -> None:
+    """Refuse a request no Metacontroller sends: it asks for three child kinds and one ConfigMap, and the hook names
+    one child of each kind. Checked before anything reads the maps, so that no answer is built from them."""
+    problems = []
+    for field, maps in (("children", request.children), ("related", request.related)):
+        if len(maps) > limit:
+            problems.append(f"{field}: {len(maps)} kinds, more than {limit}")
+        for kind, found in maps.items():
+            if len(found) > limit:
+                problems.append(f"{field}.{kind}: {len(found)} objects, more than {limit}")
+    if problems:
+        raise TooManyObjects(limit, problems)
+
+
+def _check_spec_lists(request: SyncRequest, limit: int) -> None:
+    """Refuse a spec list longer than `limit` as one problem, before `spec.parse` names a problem for every item (a
+    million items made a million problems). The CRD allows 32 destinations per list."""
+    fields = request.parent.spec if isinstance(request.parent.spec, dict) else {}
+    problems = [
+        spec.Problem(f"spec.{field}", f"must hold at most {limit} items, got {len(value)}")
+        for field, value in fields.items()
+        if isinstance(value, list) and len(value) > limit
+    ]
+    if problems:
+        name = request.parent.metadata.get("name")
+        raise spec.InvalidSpec(name if isinstance(name, str) else "", problems)
 
 
 def _find(objects: dict[str, ObjectMap], kind: str, key: str) -> dict[str, Any] | None:

@@ -128,8 +128,9 @@ def start_grpc_proxy(
 ) -> GrpcProxy:
     """`etcd grpc-proxy start` with `--namespace`, upstream mTLS with the core's empty-CN client certificate.
 
-    Without `listen_tls` it listens in plaintext on loopback, as in the guarded pod the tenant proxy replaced; with it, it serves TLS and
-    requires a client certificate from `listen_tls.ca` itself, as the original project's bare proxy did.
+    Without `listen_tls` it listens in plaintext on loopback, as in the guarded pod the tenant proxy replaced; with it,
+    it serves TLS and requires a client certificate from `listen_tls.ca` itself, as the original project's bare proxy
+    did.
     """
     port, metrics_port = processes.free_port(), processes.free_port()
     upstream = core.pki.proxy_client

@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from hooks import app as app_module
+from hooks import sync as sync_hooks
 from hooks.app import create_app
 from hooks.settings import Settings
 from tests.support.asgi import get, post
 from tests.support.mutations import json_values, mutated_requests
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage, sync_request
+from tests.unit.captured import Mutated, body, captured, expected_children, mutated_captured
 
 APP = create_app(Settings(), clock=lambda: datetime(2026, 11, 21, tzinfo=UTC))
 EXPECTED_CHILDREN = [
@@ -103,3 +107,111 @@ def test_a_mutated_request_gets_every_child_or_a_422_never_a_500(request: dict[s
 def test_random_json_is_refused_never_a_500(body: Any) -> None:
     answer = sync(body)
     assert answer.status_code == 422
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(mutated_captured())
+def test_a_captured_request_broken_in_places_gets_every_child_or_a_4xx_never_a_500(mutated: Mutated) -> None:
+    """The same property on the bodies Metacontroller really sends: children with status, the report annotation
+    (mutated inside its JSON too, times near years 1 and 9999 included), managedFields."""
+    request = mutated.request
+    answer = sync(body(request))
+    assert answer.status_code in (200, 422), answer.text
+    assert len(answer.content) < 100_000  # an answer is never a copy of what it refuses
+    if answer.status_code == 422:
+        assert answer.json()["problems"], "a refusal must say what is wrong"
+    elif answer.json()["children"] == []:
+        assert request["finalizing"] is True
+        assert answer.json()["finalized"] is True
+    else:
+        assert [(c["kind"], c["metadata"]["name"]) for c in answer.json()["children"]] == expected_children(request)
+
+
+limits = st.builds(
+    Settings,
+    hook_max_body_bytes=st.integers(min_value=1, max_value=100_000),
+    hook_max_json_values=st.integers(min_value=1, max_value=10_000),
+    hook_max_objects_per_kind=st.integers(min_value=1, max_value=4),
+    hook_max_spec_list_items=st.integers(min_value=1, max_value=3),
+)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(mutated_captured(min_changes=0, max_changes=1), limits)
+def test_under_any_limits_a_request_gets_every_child_or_a_4xx(mutated: Mutated, chosen: Settings) -> None:
+    """Limits refuse, they never trim: whichever limit a request passes, it is answered whole or refused."""
+    request = mutated.request
+    answer = post(create_app(chosen, clock=lambda: datetime(2026, 11, 21, tzinfo=UTC)), "/sync", body(request))
+    assert answer.status_code in (200, 413, 422), answer.text
+    if answer.status_code != 200:
+        assert answer.json()["problems"]
+    elif answer.json()["children"] != [] or not request["finalizing"]:
+        assert [(c["kind"], c["metadata"]["name"]) for c in answer.json()["children"]] == expected_children(request)
+
+
+def metric(app: Any, line: str) -> float:
+    """The value of one sample of the app's /metrics, 0 when it has none yet."""
+    for sample in get(app, "/metrics").text.splitlines():
+        if sample.startswith(line + " "):
+            return float(sample.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def too_many_deployments() -> bytes:
+    request = captured("existing-children")
+    request["children"]["Deployment.apps/v1"] |= {f"kube-apiserver-storage/extra-{i}": {} for i in range(17)}
+    return body(request)
+
+
+@pytest.mark.parametrize(
+    ("path", "sent", "code", "reason"),
+    [
+        pytest.param("/sync", b"{", 422, "invalid_json", id="a body that is not JSON"),
+        pytest.param("/sync", b'{"a":' * 60_000 + b"1" + b"}" * 60_000, 422, "invalid_json",
+                     id="a body nested 60,000 objects deep"),
+        pytest.param("/sync", b"{}", 422, "invalid_request", id="JSON that is no hook request"),
+        pytest.param("/sync", json.dumps(sync_request(etcdstorage("Bad.Name"))).encode(), 422, "invalid_spec",
+                     id="an invalid EtcdStorage"),
+        pytest.param("/sync", too_many_deployments(), 422, "too_many_objects", id="more children than a kind may have"),
+        pytest.param("/sync", b" " * (Settings().hook_max_body_bytes + 1), 413, "body_too_large",
+                     id="a body over the size limit"),
+        pytest.param("/sync", b"[" + b"0," * 300_000 + b"0]", 413, "too_many_values",
+                     id="a body with more values than the limit"),
+        pytest.param("/customize", b"[", 422, "invalid_json", id="a customize body that is not JSON"),
+        pytest.param("/customize", b" " * (Settings().hook_max_body_bytes + 1), 413, "body_too_large",
+                     id="a customize body over the size limit"),
+    ],
+)  # fmt: skip
+def test_every_refusal_is_counted_by_reason_and_code(path: str, sent: bytes, code: int, reason: str) -> None:
+    app = create_app(Settings())
+    answer = post(app, path, sent)
+    assert (answer.status_code, answer.json()["error"]) == (code, reason)
+    assert metric(app, f'etcdstorage_hook_errors_total{{path="{path}",reason="{reason}"}}') == 1
+    assert metric(app, f'etcdstorage_hook_requests_total{{code="{code}",path="{path}"}}') == 1
+    assert metric(app, f'etcdstorage_hook_request_duration_seconds_count{{path="{path}"}}') == 1
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param("sync", id="a failure of the sync itself"),
+        pytest.param("encode_answer", id="a failure to encode the answer, which used to escape as a bare 500"),
+    ],
+)
+def test_a_failure_of_the_hook_is_a_counted_json_500_and_one_bounded_log_line(
+    broken: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(*args: object) -> None:
+        raise RuntimeError("boom " + "x" * 10_000)
+
+    monkeypatch.setattr(sync_hooks if broken == "sync" else app_module, broken, fail)
+    app = create_app(Settings())
+    with caplog.at_level(logging.ERROR, logger="etcdstorage.hook"):
+        answer = post(app, "/sync", body(captured("existing-children")))
+    assert answer.status_code == 500
+    assert answer.json()["error"] == "internal"
+    assert metric(app, 'etcdstorage_hook_errors_total{path="/sync",reason="internal"}') == 1
+    assert metric(app, 'etcdstorage_hook_requests_total{code="500",path="/sync"}') == 1
+    (record,) = caplog.records
+    assert "boom" in record.getMessage()
+    assert len(record.getMessage()) < 5_000  # the frames, and the error's text cut short
