@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -225,3 +226,39 @@ def test_metacontroller_manifests_and_image_are_pinned_to_the_same_release() -> 
     assert kustomization["images"] == [{"name": "ghcr.io/metacontroller/metacontroller", "newTag": tag}]
     assert COMPOSITE_CONTROLLER.name in kustomization["resources"]
     assert f"pinned to {tag}" in (harness.REPO / "README.md").read_text()
+
+
+def test_kustomize_sets_both_images_the_hooks_and_the_tenant_proxys(
+    control_plane: harness.ControlPlane, tmp_path: Path
+) -> None:
+    """What `kustomize edit set image etcdstorage=... etcdstorage-proxy=...` writes into an overlay reaches the hook's
+    and job's containers and the setting from which the hook writes every tenant's proxy Deployment."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(MANIFESTS, overlay)],  # kustomize takes relative paths only
+                "images": [
+                    {"name": "etcdstorage", "newName": "registry.example/team/etcdstorage", "newTag": "9.9.9"},
+                    {"name": "etcdstorage-proxy", "newName": "registry.example/team/proxy", "newTag": "9.9.9"},
+                ],
+            }
+        )
+    )
+    built = [doc for doc in yaml.safe_load_all(control_plane.kubectl("kustomize", str(overlay)).stdout) if doc]
+    images = {
+        container["image"]
+        for doc in built
+        if doc["kind"] in ("Deployment", "CronJob")
+        for container in (
+            doc["spec"]["jobTemplate"]["spec"]["template"] if doc["kind"] == "CronJob" else doc["spec"]["template"]
+        )["spec"]["containers"]
+    }
+    [settings] = [
+        doc for doc in built if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "etcdstorage-settings"
+    ]
+
+    assert images == {"registry.example/team/etcdstorage:9.9.9"}
+    assert settings["data"]["ETCDSTORAGE_PROXY_IMAGE"] == "registry.example/team/proxy:9.9.9"
+    assert Settings().proxy_image == "etcdstorage-proxy:0.1.0"  # the default matches the kustomization's tag
