@@ -150,27 +150,33 @@ def _amplifying_txn() -> bytes:
     return wire.txn_request(success=[op] * WIDTH + [wire.op_put(wire.put_request(AMPLIFIED_WRITE, b"written"))])
 
 
+def _refused_txn(tenant: etcdrpc.Client, core: stack.Core, request: bytes) -> tuple[grpc.RpcError, float]:
+    """Send the Txn `request`, which must be refused; the error, and how much the core etcd's memory grew meanwhile
+    (MiB)."""
+    pid = core.etcd.process.popen.pid
+    before = _resident_mib(pid)
+    with pytest.raises(grpc.RpcError) as raised:
+        tenant.unary(KV + "Txn", request, timeout=60)
+    return raised.value, _resident_mib(pid) - before
+
+
 def test_a_nested_transaction_of_39304_reads_is_refused_before_it_reaches_the_core_etcd(
     isolated: Isolated, capsys: pytest.CaptureFixture[str]
 ) -> None:
     request = _amplifying_txn()
-    pid = isolated.core.etcd.process.popen.pid
     with isolated.tenant.client() as tenant:
         tenant.put(AMPLIFIED_KEY, AMPLIFIED_VALUE)
-        before = _resident_mib(pid)
-        with pytest.raises(grpc.RpcError) as raised:
-            tenant.unary(KV + "Txn", request, timeout=60)
-    grown = _resident_mib(pid) - before
+        error, grown = _refused_txn(tenant, isolated.core, request)
     with isolated.core.client() as admin:
         latency = _timed_put(admin)
         applied = admin.get(isolated.tenant.prefix.encode() + AMPLIFIED_WRITE)
     with capsys.disabled():
         print(
-            f"\ntenant proxy, nested Txn of {len(request)} bytes: core etcd resident memory {before:.0f} MiB, "
+            f"\ntenant proxy, nested Txn of {len(request)} bytes: core etcd resident memory "
             f"{grown:+.1f} MiB after the refusal; a core Put right after took {latency * 1000:.1f} ms"
         )
 
-    code, details = status_of(raised.value)
+    code, details = status_of(error)
     assert 300_000 < len(request) < MAX_REQUEST_BYTES  # small enough to pass the size limit: refused for its shape
     assert code is grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith(PROXY_MESSAGE)
@@ -252,18 +258,14 @@ def test_a_flat_transaction_reading_one_large_key_127_times_is_refused(
     isolated: Isolated, capsys: pytest.CaptureFixture[str]
 ) -> None:
     request = _flat_amplifying_txn()
-    pid = isolated.core.etcd.process.popen.pid
     with isolated.tenant.client() as tenant:
         tenant.put(AMPLIFIED_KEY, LARGE_VALUE)
-        before = _resident_mib(pid)
-        with pytest.raises(grpc.RpcError) as raised:
-            tenant.unary(KV + "Txn", request, timeout=60)
-        grown = _resident_mib(pid) - before
+        error, grown = _refused_txn(tenant, isolated.core, request)
         few = tenant.txn(wire.txn_request(success=[wire.op_range(wire.range_request(AMPLIFIED_KEY))] * 4))
     with capsys.disabled():
         print(f"\ntenant proxy, flat Txn of {len(request)} bytes: core etcd memory {grown:+.1f} MiB after the refusal")
 
-    code, details = status_of(raised.value)
+    code, details = status_of(error)
     assert len(request) < 2048
     assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
     assert details.startswith(PROXY_MESSAGE)
