@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from hooks import spec, sync
-from hooks.settings import _PARSERS, ENV_PREFIX, Settings
+from hooks.settings import Settings, variable
 from hooks.wire import CustomizeRequest, SyncRequest
 
 log = logging.getLogger("etcdstorage.hook")
@@ -180,7 +180,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytearray:
     except TimeoutError:
         raise HookError(
             408, "body_timeout",
-            f"the body did not arrive within {timeout:g} seconds ({_variable('hook_read_timeout_seconds')})",
+            f"the body did not arrive within {timeout:g} seconds ({variable('hook_read_timeout_seconds')})",
             [f"body: {len(body)} bytes arrived in {timeout:g} seconds"],
         ) from None  # fmt: skip
     return body
@@ -189,7 +189,7 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytearray:
 def _body_too_large(limit: int, problem: str) -> HookError:
     return HookError(
         413, "body_too_large",
-        f"the body is larger than the limit of {limit} bytes ({_variable('hook_max_body_bytes')})",
+        f"the body is larger than the limit of {limit} bytes ({variable('hook_max_body_bytes')})",
         [f"body: {problem}"],
     )  # fmt: skip
 
@@ -201,7 +201,7 @@ def check_values(body: bytes | bytearray, limit: int) -> None:
     if values > limit:
         raise HookError(
             413, "too_many_values",
-            f"the body may hold more JSON values than the limit of {limit} ({_variable('hook_max_json_values')})",
+            f"the body may hold more JSON values than the limit of {limit} ({variable('hook_max_json_values')})",
             [f"body: {values} commas and opening brackets, more than {limit}"],
         )  # fmt: skip
 
@@ -246,7 +246,7 @@ def _failure(error: Exception, path: str) -> HookError:
         return HookError(422, "invalid_spec", str(error), [str(p) for p in error.problems])
     if isinstance(error, sync.TooManyObjects):
         failure = HookError(
-            422, "too_many_objects", f"{error} ({_variable('hook_max_objects_per_kind')})", error.problems
+            422, "too_many_objects", f"{error} ({variable('hook_max_objects_per_kind')})", error.problems
         )
     elif isinstance(error, ClientDisconnect):
         failure = HookError(400, "client_disconnected", "the client went away before the body was read")
@@ -259,12 +259,6 @@ def _failure(error: Exception, path: str) -> HookError:
         return HookError(500, "internal", "the hook failed; see its logs")
     log.warning("refused request path=%s reason=%s problems=%s", path, failure.reason, _logged(failure.problems))
     return failure
-
-
-def _variable(field: str) -> str:
-    """The environment variable that sets `field`, so that a refusal names the limit an operator can raise (read off
-    the settings' own table, the one place that names them)."""
-    return next(ENV_PREFIX + suffix for suffix, (name, _) in _PARSERS.items() if name == field)
 
 
 def _clip(text: str, limit: int = LOGGED_CHARS) -> str:

@@ -33,7 +33,7 @@ class Settings:
     core_etcd_urls: tuple[str, ...] = ("https://etcd-svc-1.etcd.svc:2379",)
     core_ca_configmap: str = names.CORE_CA_CONFIGMAP
     core_cert_secret: str = names.CORE_CERT_SECRET
-    proxy_image: str = "etcdstorage-proxy:0.1.0"  # the tenant proxy, built from tenant-proxy/ (Dockerfile.proxy)
+    proxy_image: str = "etcdstorage-proxy:0.1.0"  # the tenant proxy, built from tenant-proxy/ (its Dockerfile)
     key_prefix_root: str = names.DEFAULT_PREFIX_ROOT
     cluster_domain: str = "cluster.local"
     replicas: int = 3
@@ -151,6 +151,11 @@ _PARSERS: Final = {
     "HOOK_WORKERS": ("hook_workers", _positive_int),
     "HOOK_READ_TIMEOUT_SECONDS": ("hook_read_timeout_seconds", _positive_int),
 }
+
+
+def variable(field: str) -> str:
+    """The environment variable that sets `field` (messages name it, so that an operator knows what to raise)."""
+    return next(ENV_PREFIX + suffix for suffix, (name, _) in _PARSERS.items() if name == field)
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
