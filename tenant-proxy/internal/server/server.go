@@ -28,8 +28,7 @@ const (
 	// the request limit but inside this room is refused by policy.Check, with a count and a log line.
 	grpcOverhead = 512 * 1024
 	// maxStreams per connection: kube-apiserver multiplexes every request and watch of a connection.
-	maxStreams  = 1000
-	watchMethod = "/etcdserverpb.Watch/Watch"
+	maxStreams = 1000
 	// otherRPC labels the metrics of methods off the allowlist: a tenant chooses method names, labels stay few.
 	otherRPC        = "other"
 	maxLoggedMethod = 200
@@ -114,7 +113,7 @@ func (g *guard) stream(srv any, stream grpc.ServerStream, info *grpc.StreamServe
 	if !policy.Allows(info.FullMethod) {
 		return policy.Denied(info.FullMethod)
 	}
-	if info.FullMethod == watchMethod {
+	if info.FullMethod == tenant.WatchMethod {
 		g.metrics.watchStreams.Inc()
 		defer g.metrics.watchStreams.Dec()
 	}
@@ -158,7 +157,7 @@ func (g *guard) done(ctx context.Context, method string, started time.Time, err 
 	g.metrics.observe(rpc, code.String(), started)
 	var refusal *policy.Refusal
 	switch {
-	case err == nil && method != watchMethod:
+	case err == nil && method != tenant.WatchMethod:
 		g.health.Succeeded()
 	case errors.As(err, &refusal):
 		RecordRefusal(g.metrics, g.log)(ctx, method, refusal)

@@ -18,7 +18,8 @@ import (
 
 // ErrStopping ends every open watch stream when the proxy stops: UNAVAILABLE, which etcd clients retry at once
 // on another endpoint, resuming from the last revision they saw.
-const watchMethod = "/etcdserverpb.Watch/Watch"
+// WatchMethod is the full gRPC method of the Watch service.
+const WatchMethod = "/etcdserverpb.Watch/Watch"
 
 var ErrStopping = status.Error(codes.Unavailable, "etcdstorage tenant proxy is shutting down: reconnect to another proxy")
 
@@ -150,7 +151,7 @@ func (s *watchStream) rewrite(request *pb.WatchRequest) (*pb.WatchRequest, error
 // once, with the reason, watch ID -1. The other watches of the stream go on.
 func (s *watchStream) refuseCreate(refusal *policy.Refusal) error {
 	if s.Refused != nil {
-		s.Refused(s.client.Context(), watchMethod, refusal)
+		s.Refused(s.client.Context(), WatchMethod, refusal)
 	}
 	header := s.header.Load()
 	if header == nil {
