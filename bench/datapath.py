@@ -7,10 +7,10 @@ the price of isolation.
     python -m bench.datapath --quick    # a few seconds, to check that the benchmark still works
 
 Everything runs on loopback, started here and stopped at the end: the core etcd (3.6 unless --etcd says 3.5, built
-by tests/e2e/build-etcd.sh; TLS with client certificates), a tenant's proxy pod as tests/support/stack.py runs it (the
+by testbed/binaries/build-etcd.sh; TLS with client certificates), a tenant's proxy pod as testbed/stack.py runs it (the
 tenant proxy of this repository), and the previous pod (grpc-proxy of the same etcd with --namespace on plaintext
 loopback, the guard in front: nginx from Debian with the production configuration but one worker). Every path uses
-the same client, the grpcio one of tests/support/etcdrpc.py, over TLS with a client certificate, one HTTP/2
+the same client, the grpcio one of testbed/etcdrpc.py, over TLS with a client certificate, one HTTP/2
 connection shared by every client thread, requests encoded once and answers not decoded (but the watch events),
 so the client spends as little as it can of the two cores that etcd and the proxies also need.
 Steps run for a fixed time each. Figures are printed, never asserted.
@@ -35,11 +35,11 @@ from typing import Final
 import grpc
 
 from bench.servers import machine, percentile, table
-from hooks import names
-from tests.support import etcdrpc, stack
-from tests.support import etcdwire as wire
-from tests.support.etcd import etcd_server, start_grpc_proxy
-from tests.support.guard import nginx_binary, start_guard
+from etcdstorage import names
+from testbed import etcdrpc, stack
+from testbed import etcdwire as wire
+from testbed.etcd import etcd_server, start_grpc_proxy
+from testbed.guard import nginx_binary, start_guard
 
 VALUE: Final = b"v" * 1024  # about a small Kubernetes object
 LIST_KEYS: Final = 100  # a range over a prefix returns this many

@@ -30,9 +30,9 @@ from typing import Any
 
 from bench import baseline
 from bench.servers import ROOT, free_port, machine, serving, table, uvicorn
+from etcdstorage.settings import Settings
 from hooks import sync
 from hooks.app import create_app, encode_answer, parse_body
-from hooks.settings import Settings
 from hooks.wire import SyncRequest
 
 REQUEST = ROOT / "tests/fixtures/existing-children/request.json"

@@ -7,11 +7,11 @@ cost of keys per algorithm; the job process's start-up.
     python -m bench.job --profile     # also cProfile (CPU time) the fresh pass over the most tenants
     python -m bench.job --sizes 1,50  # other tenant counts
 
-The control plane is the e2e harness's (tests/e2e/harness.py): etcd and kube-apiserver on loopback, started here and
-stopped at the end; kube-apiserver is built once by tests/e2e/build-kube-apiserver.sh. The job runs in this process,
-`hooks.job.run` as `python -m hooks.job` calls it, logging as in production into a discarded stream, authenticated
-with the harness's admin certificate (group system:masters): no RBAC is set up, and its evaluation is in none of the
-figures. Every HTTP request the job makes is counted by a `kubernetes` ApiClient whose `call_api` counts.
+The control plane is the e2e harness's (testbed/harness.py): etcd and kube-apiserver on loopback, started here and
+stopped at the end; kube-apiserver is built once by testbed/binaries/build-kube-apiserver.sh. The job runs in this
+process, `certrotation.job.run` as `python -m certrotation` calls it, logging as in production into a discarded stream,
+authenticated with the harness's admin certificate (group system:masters): no RBAC is set up, and its evaluation is
+in none of the figures. Every HTTP request the job makes is counted by a `kubernetes` ApiClient whose `call_api` counts.
 
 Each size gets its own controller namespace and tenants, each tenant its own namespace with the pre-created
 destination ConfigMap and Secret; the size's EtcdStorages are deleted before the next size (nothing garbage-collects
@@ -47,10 +47,11 @@ import kubernetes.client
 import kubernetes.config
 
 from bench.servers import ROOT, machine, table
-from hooks import job, kube, names, pki
-from hooks.settings import Settings
-from hooks.spec import KeyAlgorithm
-from tests.e2e import harness
+from certrotation import job, kube, pki
+from etcdstorage import names
+from etcdstorage.settings import Settings
+from etcdstorage.spec import KeyAlgorithm
+from testbed import harness
 
 CRD: Final = ROOT / "manifests" / "crd.yaml"
 SIZE_LABEL: Final = "bench.etcdstorage/size"
@@ -64,7 +65,7 @@ CLIENT_CERT: Final = "etcd-client-cert"
 
 
 class CountingClient(kubernetes.client.ApiClient):
-    """The `kubernetes` client `hooks.kube` uses, counting its HTTP requests by verb."""
+    """The `kubernetes` client `certrotation.kube` uses, counting its HTTP requests by verb."""
 
     def __init__(self, configuration: Any) -> None:
         super().__init__(configuration)
@@ -127,7 +128,7 @@ def job_pass(client: CountingClient, settings: Settings, what: str, *, writes: b
 def control_plane() -> Iterator[harness.ControlPlane]:
     binary = harness.kube_apiserver_path()
     if not binary.is_file():
-        raise SystemExit(f"no kube-apiserver at {binary}: run bash tests/e2e/build-kube-apiserver.sh first")
+        raise SystemExit(f"no kube-apiserver at {binary}: run bash testbed/binaries/build-kube-apiserver.sh first")
     with (
         tempfile.TemporaryDirectory(prefix="etcdstorage-bench-") as scratch,
         harness.running(Path(scratch), binary) as plane,
@@ -233,7 +234,7 @@ def one_size(
 
 
 class Listing(kube.Kubernetes):
-    """`hooks.kube` with the paged LIST of a namespace's ConfigMaps or Secrets it could have (it has not: see
+    """`certrotation.kube` with the paged LIST of a namespace's ConfigMaps or Secrets it could have (it has not: see
     `controller_reads`), through the same request path as its GETs."""
 
     def list_all(self, kind: kube.Kind, namespace: str) -> int:
@@ -336,9 +337,9 @@ def start_up(runs: int) -> list[list[object]]:
             times.append(time.perf_counter() - started)
         return min(times)
 
-    bare, imports = best("pass"), best("import hooks.job")
+    bare, imports = best("pass"), best("import certrotation.job")
     return [["python -c pass", f"{bare * 1e3:.0f}", "1.0"],
-            ["python -c 'import hooks.job'", f"{imports * 1e3:.0f}", f"{imports / bare:.1f}"]]  # fmt: skip
+            ["python -c 'import certrotation.job'", f"{imports * 1e3:.0f}", f"{imports / bare:.1f}"]]  # fmt: skip
 
 
 def main() -> int:
@@ -382,7 +383,7 @@ def main() -> int:
     print(table(title, header, read_rows(results)))
     print()
     header = ["algorithm", "keys", "median CPU ms", "max CPU ms", "× " + algorithms[0].value]
-    print(table("Key generation (hooks.pki.new_key), per key", header, key_generation(algorithms, keys, budget)))
+    print(table("Key generation (certrotation.pki.new_key), per key", header, key_generation(algorithms, keys, budget)))
     print()
     header = ["algorithm", "wall ms", "CPU ms", "requests", "× " + algorithms[0].value]
     print(table("A tenant's first issuance (4 keys: 2 CAs, serving and client certificate)", header, issuance))

@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from hooks import settings as settings_module
+from etcdstorage import settings as settings_module
 from hooks.app import create_app
 
 

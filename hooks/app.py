@@ -26,8 +26,9 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hooks import spec, sync
-from hooks.settings import Settings, variable
+from etcdstorage import spec
+from etcdstorage.settings import Settings, variable
+from hooks import sync
 from hooks.wire import CustomizeRequest, SyncRequest
 
 log = logging.getLogger("etcdstorage.hook")

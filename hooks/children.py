@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from hooks import names
-from hooks.settings import Settings
-from hooks.spec import EtcdStorage
+from etcdstorage import names
+from etcdstorage.settings import Settings
+from etcdstorage.spec import EtcdStorage
 
 RUN_AS: Final = 65532  # the image's non-root user; no shell user of any image
 SECRET_FILE_MODE: Final = 0o440  # readable by the pod's group (fsGroup) only

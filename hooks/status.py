@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from hooks import names, report
-from hooks.report import rfc3339
-from hooks.settings import Settings
-from hooks.spec import EtcdStorage
+from etcdstorage import names, report
+from etcdstorage.settings import Settings
+from etcdstorage.spec import EtcdStorage
+from etcdstorage.times import rfc3339
 
 READY: Final = "Ready"
 CERTIFICATES_READY: Final = "CertificatesReady"

@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from hooks import children, names, report, spec, status
-from hooks.settings import Settings
+from etcdstorage import names, report, spec
+from etcdstorage.settings import Settings
+from hooks import children, status
 from hooks.wire import (
     CONFIGMAPS,
     DEPLOYMENTS,

@@ -22,8 +22,8 @@ from typing import Any, Final
 import httpx
 import pytest
 
-from hooks.settings import Settings
-from tests.support import processes
+from etcdstorage.settings import Settings
+from testbed import processes
 from tests.unit.captured import body, captured, expected_children
 
 pytestmark = pytest.mark.real

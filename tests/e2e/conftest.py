@@ -1,7 +1,8 @@
 """Fixtures of the e2e tests: one real control plane (etcd + kube-apiserver on loopback) for the whole session.
 
-The kube-apiserver binary is built from tests/e2e/kube-apiserver/go.mod by tests/e2e/build-kube-apiserver.sh. When it
-is missing, a developer's run builds it (slow, once); a CI run (`CI` set) fails instead of spending that time silently.
+The kube-apiserver binary is built from testbed/binaries/kube-apiserver/go.mod by
+testbed/binaries/build-kube-apiserver.sh. When it is missing, a developer's run builds it (slow, once); a CI run (`CI`
+set) fails instead of spending that time silently.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient
 
-from tests.e2e import harness, install
+from testbed import harness
+from tests.e2e import install
 
 CRD_MANIFEST = harness.REPO / "manifests" / "crd.yaml"
 
@@ -30,7 +32,8 @@ def kube_apiserver_binary(request: pytest.FixtureRequest) -> Path:
         return binary
     if _in_ci():
         pytest.fail(
-            f"no kube-apiserver at {binary}. CI must build it before the tests (tests/e2e/build-kube-apiserver.sh, "
+            f"no kube-apiserver at {binary}. CI must build it before the tests "
+            "(testbed/binaries/build-kube-apiserver.sh, "
             "cache its directory between runs); the e2e tests never skip for want of it.",
             pytrace=False,
         )

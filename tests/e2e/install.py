@@ -16,8 +16,9 @@ from typing import Any, Final
 
 import yaml
 
-from hooks import job, names
-from tests.e2e import harness
+from certrotation import job
+from etcdstorage import names
+from testbed import harness
 
 MANIFESTS: Final = harness.REPO / "manifests"
 EXAMPLES: Final = MANIFESTS / "examples"
@@ -93,7 +94,7 @@ def tenant_from_example(
 
 
 def run_job(plane: harness.ControlPlane, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m hooks.job` as the CronJob runs it, with the job ServiceAccount's token instead of a mounted one."""
+    """`python -m certrotation` as the CronJob runs it, with the job ServiceAccount's token instead of a mounted one."""
     token = plane.token(C, job.SERVICE_ACCOUNT)
     kubeconfig = plane.kubeconfig_for_token(token, tmp_path / "job.kubeconfig")
     environment = {
@@ -103,7 +104,7 @@ def run_job(plane: harness.ControlPlane, tmp_path: Path) -> subprocess.Completed
         "NO_PROXY": "*",
     }
     return subprocess.run(
-        [sys.executable, "-m", "hooks.job"],
+        [sys.executable, "-m", "certrotation"],
         cwd=harness.REPO,
         env=environment,
         capture_output=True,

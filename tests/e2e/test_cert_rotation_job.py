@@ -1,5 +1,6 @@
-"""The cert-rotation job against a real kube-apiserver: `hooks.kube` speaks the API as the fake in tests/job assumes,
-and `python -m hooks.job`, authenticated as its ServiceAccount with exactly the RBAC of manifests/, does its work.
+"""The cert-rotation job against a real kube-apiserver: `certrotation.kube` speaks the API as the fake in tests/job
+assumes, and `python -m certrotation`, authenticated as its ServiceAccount with exactly the RBAC of manifests/, does
+its work.
 
 Each test uses its own tenant and namespace; other tests' EtcdStorages may exist in the cluster, so assertions are
 about this test's tenant."""
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 from kubernetes.client import ApiClient
 
-from hooks import job, kube, names, pki, report
-from tests.e2e import harness, install
+from certrotation import job, kube, pki
+from etcdstorage import names, report
+from testbed import harness
+from tests.e2e import install
 from tests.e2e.install import apply, failures_of, get, run_job, tenant_from_example
 
 pytestmark = pytest.mark.e2e

@@ -17,10 +17,9 @@ from typing import Any, Final
 import httpx
 import pytest
 
-from hooks import names
-from tests.e2e import harness
+from etcdstorage import names
+from testbed import harness, processes
 from tests.e2e.install import C, failures_of, get, load, pod_dry_run, resource_versions, run_job, tenant_from_example
-from tests.support import processes
 
 pytestmark = pytest.mark.e2e
 

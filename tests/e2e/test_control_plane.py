@@ -16,12 +16,12 @@ import yaml
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e import harness
-from tests.support.etcd import etcdctl
+from testbed import harness
+from testbed.etcd import etcdctl
 
 pytestmark = pytest.mark.e2e
 
-GO_MOD = Path(__file__).parent / "kube-apiserver" / "go.mod"
+GO_MOD = Path(__file__).resolve().parents[2] / "testbed" / "binaries" / "kube-apiserver" / "go.mod"
 
 
 def pinned_version() -> str:
@@ -148,7 +148,7 @@ def test_the_command_line_starts_a_control_plane_in_the_background_and_stops_it(
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tests.e2e.harness", *args, f"--dir={state}"],
+            [sys.executable, "-m", "testbed.harness", *args, f"--dir={state}"],
             cwd=harness.REPO,
             capture_output=True,
             text=True,

@@ -14,8 +14,8 @@ import yaml
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from hooks import names
-from tests.e2e import harness
+from etcdstorage import names
+from testbed import harness
 
 pytestmark = pytest.mark.e2e
 

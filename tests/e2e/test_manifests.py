@@ -17,10 +17,11 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from hooks import durations, names, sync, wire
+from etcdstorage import durations, names
+from etcdstorage.settings import Settings
+from hooks import sync, wire
 from hooks.app import create_app
-from hooks.settings import Settings
-from tests.e2e import harness
+from testbed import harness
 from tests.e2e.install import EXAMPLE_NAMESPACE, EXAMPLES, MANIFESTS, C, load, pod_dry_run, resource_versions
 from tests.support import asgi, objects
 

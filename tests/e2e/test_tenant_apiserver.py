@@ -25,12 +25,11 @@ import pytest
 from kubernetes import watch
 from kubernetes.client import CoreV1Api
 
-from hooks import names
-from tests.e2e import harness
+from etcdstorage import names
+from testbed import etcd, harness, proxy
+from testbed.certs import TLSFiles
+from testbed.proxy import TenantProxy, start_tenant_proxy
 from tests.e2e.install import C, failures_of, get, run_job, tenant_from_example
-from tests.support import etcd, proxy
-from tests.support.certs import TLSFiles
-from tests.support.proxy import TenantProxy, start_tenant_proxy
 
 pytestmark = pytest.mark.e2e
 

@@ -21,11 +21,11 @@ from typing import Final
 
 import grpc
 
-from hooks import pki
-from tests.support import certs, etcdrpc
-from tests.support import etcdwire as wire
-from tests.support.certs import TLSFiles
-from tests.support.stack import Core, Tenant
+from certrotation import pki
+from testbed import certs, etcdrpc
+from testbed import etcdwire as wire
+from testbed.certs import TLSFiles
+from testbed.stack import Core, Tenant
 
 KV, LEASE, CLUSTER, MAINTENANCE, AUTH = (
     f"/etcdserverpb.{service}/" for service in ("KV", "Lease", "Cluster", "Maintenance", "Auth")

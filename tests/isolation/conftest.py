@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from testbed import stack
+from testbed.etcd import GrpcProxy, start_grpc_proxy
 from tests.isolation.attacks import CORE_SECRET_KEY, TENANT_SECRET_KEY, Target, Victims
-from tests.support import stack
-from tests.support.etcd import GrpcProxy, start_grpc_proxy
 
 
 @pytest.fixture(scope="session", params=stack.ETCD_VERSIONS, ids=lambda version: f"etcd-{version}")

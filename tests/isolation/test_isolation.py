@@ -11,6 +11,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from testbed import etcdwire as wire
+from testbed import proxy
 from tests.isolation.attacks import (
     ALL_KEYS,
     ATTACKS,
@@ -24,8 +26,6 @@ from tests.isolation.attacks import (
     Victims,
     status_of,
 )
-from tests.support import etcdwire as wire
-from tests.support import proxy
 
 pytestmark = pytest.mark.real
 

@@ -17,11 +17,11 @@ from typing import Final
 import grpc
 import pytest
 
+from testbed import etcdrpc, processes, proxy, stack
+from testbed import etcdwire as wire
+from testbed.etcd import etcdctl
+from testbed.proxy import TenantProxy, start_tenant_proxy
 from tests.isolation.attacks import DENIED_MESSAGE, PROXY_MESSAGE
-from tests.support import etcdrpc, processes, proxy, stack
-from tests.support import etcdwire as wire
-from tests.support.etcd import etcdctl
-from tests.support.proxy import TenantProxy, start_tenant_proxy
 
 pytestmark = pytest.mark.real
 

@@ -30,11 +30,11 @@ from typing import Final
 import grpc
 import pytest
 
+from testbed import etcdrpc, processes, stack
+from testbed import etcdwire as wire
+from testbed.certs import TLSFiles
+from testbed.etcd import GrpcProxy, start_grpc_proxy
 from tests.isolation.attacks import PROXY_MESSAGE, Target, Victims, status_of
-from tests.support import etcdrpc, processes, stack
-from tests.support import etcdwire as wire
-from tests.support.certs import TLSFiles
-from tests.support.etcd import GrpcProxy, start_grpc_proxy
 
 pytestmark = pytest.mark.real
 

@@ -1,4 +1,4 @@
-"""A FAKE of the few Kubernetes API calls the cert-rotation job makes (`hooks.kube.Api`), in memory.
+"""A FAKE of the few Kubernetes API calls the cert-rotation job makes (`certrotation.kube.Api`), in memory.
 
 What it does like the API server: objects as plain dicts, deep-copied in and out; a resourceVersion per object that
 changes on every write; a paged list of a namespace's objects by name, `limit` a page and a `continue` token, every
@@ -27,7 +27,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from hooks import kube, names
+from certrotation import kube
+from etcdstorage import names
 
 Key = tuple[kube.Kind, str, str]
 

@@ -24,13 +24,14 @@ from typing import Any, Final
 import grpc
 import pytest
 
-from hooks import job, kube, names, pki
-from hooks.settings import Settings
+from certrotation import job, kube, pki
+from etcdstorage import names
+from etcdstorage.settings import Settings
+from testbed import certs, etcd, etcdrpc, processes, stack
+from testbed.certs import TLSFiles
+from testbed.proxy import TenantProxy, start_tenant_proxy
 from tests.job.fake import FakeApi
 from tests.job.world import APISERVER_NAMESPACE, TENANT, ApiServer, C, Proxy, World
-from tests.support import certs, etcd, etcdrpc, processes, stack
-from tests.support.certs import TLSFiles
-from tests.support.proxy import TenantProxy, start_tenant_proxy
 
 pytestmark = pytest.mark.real
 

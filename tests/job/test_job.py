@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from hooks import job, kube, names, pki, report, rotation
-from hooks.settings import Settings
-from hooks.spec import KeyAlgorithm
+from certrotation import job, kube, pki, rotation
+from etcdstorage import names, report
+from etcdstorage.settings import Settings
+from etcdstorage.spec import KeyAlgorithm
+from etcdstorage.times import rfc3339
 from tests.job.fake import Crash
 from tests.job.world import (
     APISERVER_NAMESPACE,
@@ -72,7 +74,7 @@ def test_a_first_run_issues_everything_and_the_api_server_reaches_the_proxy(worl
     leaf = pki.parse_certs(world.proxy().server_cert)[0]
     assert pki.dns_names(leaf) == names.service_hosts(TENANT, C, "cluster.local")
     assert server["metadata"]["annotations"] == {
-        names.ANNOTATION_EXPIRY_DATE: report.rfc3339(leaf.not_valid_after_utc),
+        names.ANNOTATION_EXPIRY_DATE: rfc3339(leaf.not_valid_after_utc),
         names.ANNOTATION_SIGNED_BY: pki.common_name(leaf.issuer),
     }
 
@@ -613,7 +615,7 @@ def test_python_m_hooks_job_exits_2_when_it_cannot_run(
     tmp_path: Path, environment: dict[str, str], message: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "hooks.job"],
+        [sys.executable, "-m", "certrotation"],
         cwd=REPO,
         env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), **environment},
         capture_output=True,

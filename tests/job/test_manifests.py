@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hooks import job, kube, names
+from certrotation import job, kube
+from etcdstorage import names
 from tests.job.world import T0, TENANT, C, World, connects, new_world
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -39,7 +40,7 @@ def test_the_cronjob_runs_the_job_every_minute_one_at_a_time_as_the_hooks_image(
     pod = job_spec["template"]["spec"]
     assert pod["serviceAccountName"] == job.SERVICE_ACCOUNT
     [container] = pod["containers"]
-    assert container["command"] == ["python", "-m", "hooks.job"]
+    assert container["command"] == ["etcdstorage-cert-rotation"]  # tests/test_package.py: that script runs job.main
     hook_images = re.findall(r"^\s+image: (\S+)$", (MANIFESTS / "hook.yaml").read_text(), re.MULTILINE)
     assert hook_images == [container["image"]]  # one image for the hook and the job
     assert container["envFrom"] == [{"configMapRef": {"name": "etcdstorage-settings"}}]

@@ -20,9 +20,10 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.x509 import verification
 
-from hooks import job, kube, names, pki
-from hooks.settings import Settings
-from hooks.spec import KeyAlgorithm
+from certrotation import job, kube, pki
+from etcdstorage import names
+from etcdstorage.settings import Settings
+from etcdstorage.spec import KeyAlgorithm
 from tests.job.fake import FakeApi
 from tests.support.objects import etcdstorage
 
@@ -160,13 +161,13 @@ def connects(proxy: Proxy, apiserver: ApiServer, at: datetime, *, tenant: str = 
 
 @contextmanager
 def captured_logs() -> Iterator[io.StringIO]:
-    """The job's log lines exactly as `python -m hooks.job` prints them."""
+    """The job's log lines exactly as `python -m certrotation` prints them."""
     stream = io.StringIO()
     handler = job.configure_logging(stream)
     try:
         yield stream
     finally:
-        logging.getLogger("hooks.job").removeHandler(handler)
+        logging.getLogger("certrotation.job").removeHandler(handler)
 
 
 def lines(stream: io.StringIO, message: str) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from hooks import names, report
+from etcdstorage import names, report
 
 
 def report_for(now: datetime, *, lifetime: timedelta = timedelta(hours=730), problem: str = "") -> report.Report:

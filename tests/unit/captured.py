@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from hypothesis import strategies as st
 
-from hooks import names
+from etcdstorage import names
 from tests.support.mutations import json_values, places
 
 FIXTURES: Final = Path(__file__).resolve().parents[1] / "fixtures"

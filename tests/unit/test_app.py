@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from etcdstorage.settings import Settings
 from hooks import app as app_module
 from hooks import sync as sync_hooks
 from hooks.app import create_app
-from hooks.settings import Settings
 from tests.support.asgi import get, post
 from tests.support.mutations import json_values, mutated_requests
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage, sync_request

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from hooks import durations
+from etcdstorage import durations
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from hooks import settings as settings_module
+from etcdstorage import settings as settings_module
+from etcdstorage.settings import Settings
 from hooks.app import create_app
-from hooks.settings import Settings
 from tests.support.asgi import get, post
 from tests.unit.captured import body, captured, expected_children
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hooks import names, spec
+from etcdstorage import names, spec
 
 tenant_names = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,56}[a-z0-9])?", fullmatch=True).filter(
     lambda n: not spec.name_problems(n)

@@ -1,4 +1,4 @@
-"""hooks.pki: what the certificates contain, checked field by field and by real TLS handshakes (OpenSSL via `ssl`)."""
+"""certrotation.pki: what the certificates contain, checked field by field and by real TLS handshakes (OpenSSL's)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hooks import names, pki
-from hooks.spec import KeyAlgorithm
+from certrotation import pki
+from etcdstorage import names
+from etcdstorage.spec import KeyAlgorithm
 from tests.support.handshake import Identity, handshake
 
 ECDSA = KeyAlgorithm.ECDSA_P256

@@ -1,4 +1,4 @@
-"""hooks.rotation: the reasons to (re)issue, the renewal time, and CA rotation with overlap, at injected times."""
+"""certrotation.rotation: the reasons to (re)issue, the renewal time, and CA rotation with overlap, at set times."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hooks import names, pki, rotation
-from hooks.rotation import Reason, Role
-from hooks.spec import KeyAlgorithm
+from certrotation import pki, rotation
+from certrotation.rotation import Reason, Role
+from etcdstorage import names
+from etcdstorage.spec import KeyAlgorithm
 
 ECDSA = KeyAlgorithm.ECDSA_P256
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hooks import names, settings
+from etcdstorage import names, settings
 
 
 def test_unset_variables_keep_the_defaults() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hooks import names, spec
+from etcdstorage import names, spec
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage
 
 

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hooks import names, report, sync
-from hooks.settings import Settings
-from hooks.spec import InvalidSpec
+from etcdstorage import names, report
+from etcdstorage.settings import Settings
+from etcdstorage.spec import InvalidSpec
+from hooks import sync
 from hooks.wire import CustomizeRequest, SyncRequest
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage, sync_request
 from tests.support.reports import related, report_for

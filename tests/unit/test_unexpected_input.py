@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from hooks import names, report
+from etcdstorage import names, report
+from etcdstorage.settings import Settings
+from etcdstorage.times import rfc3339
 from hooks.app import create_app
-from hooks.settings import Settings
 from tests.support.asgi import post
 from tests.unit.captured import body, ca_configmap, captured, deployment, expected_children
 
@@ -211,6 +212,6 @@ def test_a_report_with_many_bad_times_names_the_first_and_counts_the_rest() -> N
     ],
 )
 def test_a_time_is_written_in_rfc3339_with_four_digit_years(when: datetime) -> None:
-    written = report.rfc3339(when)
+    written = rfc3339(when)
     assert datetime.strptime(written, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) == when
     assert len(written) == len("2026-11-21T18:00:00Z")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds the kube-apiserver that the e2e tests run (tests/e2e/harness.py) from the Kubernetes Go modules pinned in
-# tests/e2e/kube-apiserver/go.mod, into a cache outside the repository, and prints the binary's path.
+# Builds the kube-apiserver that the e2e tests run (testbed/harness.py) from the Kubernetes Go modules pinned in
+# testbed/binaries/kube-apiserver/go.mod, into a cache outside the repository, and prints the binary's path.
 #
-#   tests/e2e/build-kube-apiserver.sh          build if missing (a cold build takes long, see tests/e2e/README.md)
-#   tests/e2e/build-kube-apiserver.sh --path   print where the binary is or would be; build nothing
+#   testbed/binaries/build-kube-apiserver.sh          build if missing (a cold build takes long, see tests/e2e/README.md)
+#   testbed/binaries/build-kube-apiserver.sh --path   print where the binary is or would be; build nothing
 #
 # Cache: ${ETCDSTORAGE_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/etcdstorage-e2e}/kube-apiserver-<version>.
 # The binary appears there complete or not at all (built in a temporary directory beside it, then renamed).

@@ -1,7 +1,7 @@
 """The cert-rotation job's access to Kubernetes: the only module that imports the `kubernetes` client.
 
 Thin: objects go in and come out as plain dicts exactly as the API server serves them (Secret data base64), and
-failures become `ApiError` subclasses by HTTP status. No retries and no decisions here; `hooks.job` makes them.
+failures become `ApiError` subclasses by HTTP status. No retries and no decisions here; `certrotation.job` makes them.
 Error messages are redacted so that nothing the API server echoes (it may quote a field value) reaches a log as is.
 """
 
@@ -19,7 +19,7 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 
-from hooks import names
+from etcdstorage import names
 
 REQUEST_TIMEOUT: Final = (5.0, 30.0)  # seconds to connect, seconds to read
 LIST_PAGE: Final = 250

@@ -12,11 +12,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from hooks import names
-from tests.support import certs, etcdrpc
-from tests.support.certs import CorePKI, TenantPKI, TLSFiles
-from tests.support.etcd import EtcdServer, start_etcd
-from tests.support.proxy import TenantProxy, start_tenant_proxy
+from etcdstorage import names
+from testbed import certs, etcdrpc
+from testbed.certs import CorePKI, TenantPKI, TLSFiles
+from testbed.etcd import EtcdServer, start_etcd
+from testbed.proxy import TenantProxy, start_tenant_proxy
 
 # The core etcd versions users run: every real-etcd suite runs on each.
 ETCD_VERSIONS: Final = ("3.5", "3.6")

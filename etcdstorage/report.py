@@ -13,7 +13,8 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from hooks import names
+from etcdstorage import names
+from etcdstorage.times import rfc3339
 
 # Certificates the report covers, in the order status shows them.
 CERTIFICATES: Final = ("servingCA", "clientCA", "servingCertificate", "clientCertificate")
@@ -98,12 +99,3 @@ def from_annotations(annotations: object) -> Report | None:
     # RecursionError: json.loads gives up on a value nested some thousand levels deep.
     except (ValueError, RecursionError) as error:
         raise ReportError(f"annotation {names.ANNOTATION_CERTIFICATES} does not parse: {error}") from None
-
-
-def rfc3339(value: datetime) -> str:
-    """UTC, whole seconds, `Z`: the form Kubernetes uses for times (and the original's expiry annotation).
-
-    Four-digit years always: glibc's strftime writes year 1 as `1`, which is not RFC 3339.
-    """
-    utc = value.astimezone(UTC)
-    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
-from hooks import durations, names
+from etcdstorage import durations, names
 
 ENV_PREFIX: Final = "ETCDSTORAGE_"
 # [registry[:port]/]path[:tag][@digest], as the kubelet reads an image reference; no whitespace, no scheme.
@@ -40,7 +40,7 @@ class Settings:
     # Seconds until Metacontroller calls again while waiting for certificates or for proxies to become available.
     waiting_resync_seconds: int = 15
     # Cert-rotation job: the least time a new CA stays published in the bundles before leaves are issued from it
-    # (at least a tenth of the CA's validity is used when that is longer; see hooks/rotation.py).
+    # (at least a tenth of the CA's validity is used when that is longer; see certrotation/rotation.py).
     ca_propagation_delay: timedelta = timedelta(minutes=10)
     # Hook requests (hooks/app.py). A sync body holds the parent (at most 1.5 MiB, etcd's limit), the `<N>-ca-cert`
     # ConfigMap (as much) and three children the hook wrote (some 5 kB, plus at most 256 KiB of annotations each):

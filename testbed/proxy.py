@@ -20,12 +20,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
-from hooks import names
-from tests.support import processes
-from tests.support.certs import TLSFiles
-from tests.support.etcd import EtcdServer, http_status
+from etcdstorage import names
+from testbed import processes
+from testbed.certs import TLSFiles
+from testbed.etcd import EtcdServer, http_status
 
-REPO: Final = Path(__file__).resolve().parents[2]
+REPO: Final = Path(__file__).resolve().parents[1]
 BUILD: Final = REPO / "scripts" / "build-tenant-proxy"
 READY_TIMEOUT: Final = 20.0
 

@@ -1,4 +1,4 @@
-// Builds a real etcd 3.6 server for the tests (tests/e2e/build-etcd.sh); nothing here is shipped.
+// Builds a real etcd 3.6 server for the tests (testbed/binaries/build-etcd.sh); nothing here is shipped.
 module etcdstorage.local/e2e/etcd-v3.6
 
 go 1.26.0

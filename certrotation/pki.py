@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hooks.report import rfc3339
-from hooks.spec import KeyAlgorithm
+from etcdstorage.spec import KeyAlgorithm
+from etcdstorage.times import rfc3339
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 # A second of backdating absorbs clock skew between the issuer and the first verifier.

@@ -1,4 +1,4 @@
-// Builds a real kube-apiserver for the e2e tests (tests/e2e/harness.py); nothing here is shipped.
+// Builds a real kube-apiserver for the e2e tests (testbed/harness.py); nothing here is shipped.
 module etcdstorage.local/e2e/kube-apiserver
 
 go 1.26.0

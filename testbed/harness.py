@@ -1,5 +1,5 @@
-"""A real Kubernetes control plane on loopback: the core etcd of `tests.support.stack` and a kube-apiserver built from
-the pinned Kubernetes modules, with certificates from `hooks.pki` and an admin kubeconfig.
+"""A real Kubernetes control plane on loopback: the core etcd of `testbed.stack` and a kube-apiserver built from
+the pinned Kubernetes modules, with certificates from `certrotation.pki` and an admin kubeconfig.
 
 Owns the processes it starts (and only those); everything binds to 127.0.0.1. No kubelet and no
 kube-controller-manager: nothing runs Pods, Deployments never get ReplicaSets, nothing garbage-collects, namespaces
@@ -8,10 +8,10 @@ CEL, server-side apply) is the real thing.
 
 For people who want a local control plane to develop hooks against, without a cluster:
 
-    python -m tests.e2e.harness up             # build kube-apiserver if needed, start in the background
-    eval "$(python -m tests.e2e.harness env)"  # export KUBECONFIG and the core etcd's endpoint and certificate
+    python -m testbed.harness up             # build kube-apiserver if needed, start in the background
+    eval "$(python -m testbed.harness env)"  # export KUBECONFIG and the core etcd's endpoint and certificate
     kubectl get --raw /readyz
-    python -m tests.e2e.harness down           # stop everything and delete the state directory
+    python -m testbed.harness down           # stop everything and delete the state directory
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ from cryptography.hazmat.primitives import serialization
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from hooks import pki
-from hooks.spec import KeyAlgorithm
-from tests.support import processes, stack
-from tests.support.certs import TLSFiles
+from certrotation import pki
+from etcdstorage.spec import KeyAlgorithm
+from testbed import processes, stack
+from testbed.certs import TLSFiles
 
-REPO: Final = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT: Final = Path(__file__).resolve().parent / "build-kube-apiserver.sh"
+REPO: Final = Path(__file__).resolve().parents[1]
+BUILD_SCRIPT: Final = Path(__file__).resolve().parent / "binaries" / "build-kube-apiserver.sh"
 LOOPBACK: Final = "127.0.0.1"
 ETCD_PREFIX: Final = "/registry"
 SERVICE_CLUSTER_IP_RANGE: Final = "10.0.0.0/24"
@@ -113,7 +113,7 @@ class ControlPlane:
     server: str
     ca_file: Path  # the CA that signed the API server's serving certificate
     kubeconfig: Path  # admin: a client certificate in group system:masters
-    # The core etcd, as `tests.support.stack` runs it: `core.etcd.url`, `core.pki.proxy_client` (no Common Name, for
+    # The core etcd, as `testbed.stack` runs it: `core.etcd.url`, `core.pki.proxy_client` (no Common Name, for
     # grpc-proxy upstream), `core.client()`; `stack.tenant(workdir, core, name)` puts a tenant's proxy pod in front.
     core: stack.Core
     etcd_prefix: str  # where kube-apiserver keeps its objects in the core etcd
@@ -212,7 +212,7 @@ def _write_pair(directory: Path, name: str, pair: pki.KeyPair) -> None:
 
 
 def _issue_certificates(directory: Path) -> None:
-    """The API server's certificates and keys (the core etcd's come from `tests.support.certs`)."""
+    """The API server's certificates and keys (the core etcd's come from `testbed.certs`)."""
     now = datetime.now(UTC)
     ecdsa = KeyAlgorithm.ECDSA_P256
 
@@ -512,7 +512,7 @@ def _up(directory: Path, timeout: float) -> int:
         build_kube_apiserver()
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / SUPERVISOR_LOG
-    argv = [sys.executable, "-m", "tests.e2e.harness", "serve", f"--dir={directory}", f"--timeout={timeout}"]
+    argv = [sys.executable, "-m", "testbed.harness", "serve", f"--dir={directory}", f"--timeout={timeout}"]
     with log.open("ab") as output:
         supervisor = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
@@ -522,7 +522,7 @@ def _up(directory: Path, timeout: float) -> int:
         state = _read_state(directory)
         if state is not None:
             print(
-                f"control plane up; logs in {directory}; stop it with: python -m tests.e2e.harness down",
+                f"control plane up; logs in {directory}; stop it with: python -m testbed.harness down",
                 file=sys.stderr,
             )
             _print_env(state)
@@ -539,7 +539,7 @@ def _up(directory: Path, timeout: float) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.e2e.harness", description="A local etcd and kube-apiserver on 127.0.0.1, for development."
+        prog="python -m testbed.harness", description="A local etcd and kube-apiserver on 127.0.0.1, for development."
     )
     parser.add_argument(
         "command", choices=["up", "down", "env", "serve"], help="serve: what `up` runs in the background"
@@ -559,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         state = _read_state(directory)
         if state is None or not _alive(state):
-            print(f"no control plane running in {directory}: python -m tests.e2e.harness up", file=sys.stderr)
+            print(f"no control plane running in {directory}: python -m testbed.harness up", file=sys.stderr)
             return 1
         _print_env(state)
         return 0

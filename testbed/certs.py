@@ -1,4 +1,4 @@
-"""Certificates for integration tests, issued with `hooks.pki` and laid out on disk as a pod mounts them.
+"""Certificates for integration tests, issued with `certrotation.pki` and laid out on disk as a pod mounts them.
 
 Test support only. Files with keys are written with mode 0600 and their contents are never printed.
 """
@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
-from hooks import names, pki
-from hooks.spec import KeyAlgorithm
+from certrotation import pki
+from etcdstorage import names
+from etcdstorage.spec import KeyAlgorithm
 
 ALGORITHM: Final = KeyAlgorithm.ECDSA_P256
 CA_VALIDITY: Final = timedelta(days=30)

@@ -15,8 +15,8 @@ from typing import Final
 
 import grpc
 
-from tests.support import etcdwire as wire
-from tests.support.certs import TLSFiles
+from testbed import etcdwire as wire
+from testbed.certs import TLSFiles
 
 TIMEOUT: Final = 10.0
 KV: Final = "/etcdserverpb.KV/"

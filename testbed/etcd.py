@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from tests.support import processes
-from tests.support.certs import CorePKI, TLSFiles
+from testbed import processes
+from testbed.certs import CorePKI, TLSFiles
 
 READY_TIMEOUT: Final = 30.0
 
@@ -31,9 +31,9 @@ def binary(name: str) -> str:
     return found
 
 
-BUILD_ETCD: Final = Path(__file__).resolve().parents[1] / "e2e" / "build-etcd.sh"
-# The etcd server minor versions the tests run, each built from etcd's Go module by tests/e2e/build-etcd.sh, and the
-# environment variable that names its binary (scripts/test exports them from the build's output).
+BUILD_ETCD: Final = Path(__file__).resolve().parent / "binaries" / "build-etcd.sh"
+# The etcd server minor versions the tests run, each built from etcd's Go module by testbed/binaries/build-etcd.sh, and
+# the environment variable that names its binary (scripts/test exports them from the build's output).
 ETCD_SERVER_ENV: Final = {"3.5": "ETCDSTORAGE_ETCD_V3_5", "3.6": "ETCDSTORAGE_ETCD_V3_6"}
 
 
@@ -41,12 +41,12 @@ def etcd_server(version: str) -> str:
     """The real etcd server of `version` ("3.5" or "3.6"): the binary that also runs `etcd grpc-proxy start`.
 
     $ETCDSTORAGE_ETCD_V3_5 / $ETCDSTORAGE_ETCD_V3_6 name it; when unset, it is the cached binary that
-    `tests/e2e/build-etcd.sh <version>` builds (found with its `--path`, which builds nothing).
+    `testbed/binaries/build-etcd.sh <version>` builds (found with its `--path`, which builds nothing).
     """
     variable = ETCD_SERVER_ENV.get(version)
     if variable is None:
         raise ValueError(f"no etcd server {version!r}: the tests build {', '.join(ETCD_SERVER_ENV)}")
-    build = f"bash tests/e2e/build-etcd.sh {version}"
+    build = f"bash testbed/binaries/build-etcd.sh {version}"
     configured = os.environ.get(variable)
     if configured:
         if not os.access(configured, os.X_OK) or not Path(configured).is_file():

@@ -1,8 +1,9 @@
-"""The cert-rotation job, `python -m hooks.job`: one pass over every EtcdStorage, issuing and rotating its certificates.
+"""The cert-rotation job (`python -m certrotation`): one pass over every EtcdStorage, issuing and rotating certificates.
 
-The edge: reads settings, the clock and Kubernetes (through `hooks.kube` only) and maps failures to exit codes;
-`hooks.rotation` decides what to issue and when, `hooks.pki` makes the certificates. Per tenant it writes in an order
-that a run killed anywhere leaves safe for the next run: signer, bundles, leaves, report. Never logs key material.
+The edge: reads settings, the clock and Kubernetes (through `certrotation.kube` only) and maps failures to exit codes;
+`certrotation.rotation` decides what to issue and when, `certrotation.pki` makes the certificates. Per tenant it writes
+in an order that a run killed anywhere leaves safe for the next run: signer, bundles, leaves, report. Never logs key
+material.
 The controller namespace is read once a pass, by a LIST of its ConfigMaps and of its Secrets; destinations by GET.
 """
 
@@ -20,11 +21,13 @@ from typing import IO, Any, Final, TypeVar
 
 from cryptography import x509
 
-from hooks import kube, names, pki, report, rotation
-from hooks import settings as settings_module
-from hooks.rotation import Role
-from hooks.settings import Settings
-from hooks.spec import Destination, EtcdStorage, InvalidSpec, parse
+from certrotation import kube, pki, rotation
+from certrotation.rotation import Role
+from etcdstorage import names, report
+from etcdstorage import settings as settings_module
+from etcdstorage.settings import Settings
+from etcdstorage.spec import Destination, EtcdStorage, InvalidSpec, parse
+from etcdstorage.times import rfc3339
 
 EXIT_OK: Final = 0
 EXIT_FAILURES: Final = 1  # some tenant, or the core etcd client certificate, needs the operator; the rest was done
@@ -36,7 +39,7 @@ RBAC_MANIFEST: Final = "manifests/cert-rotation-rbac.yaml"
 DESTINATION_TEMPLATE: Final = "manifests/examples/apiserver-rbac.yaml"
 _MAX_COMMON_NAME: Final = 64  # characters, by X.509
 
-log = logging.getLogger("hooks.job")
+log = logging.getLogger("certrotation.job")
 _T = TypeVar("_T")
 
 
@@ -469,7 +472,7 @@ class _TenantPass:
             return kept
         pair = issue()
         annotations = {
-            names.ANNOTATION_EXPIRY_DATE: report.rfc3339(pair.cert.not_valid_after_utc),
+            names.ANNOTATION_EXPIRY_DATE: rfc3339(pair.cert.not_valid_after_utc),
             names.ANNOTATION_SIGNED_BY: pki.common_name(issuer.cert.subject) or "",
         }
         values = _secret_values({names.TLS_CRT: pair.cert_pem, names.TLS_KEY: pair.key_pem})
@@ -485,7 +488,7 @@ class _TenantPass:
             kind=ref.kind,
             object=str(ref),
             reasons=assessment.reasons,
-            not_after=report.rfc3339(pair.cert.not_valid_after_utc),
+            not_after=rfc3339(pair.cert.not_valid_after_utc),
         )
         self.outcome.issued += 1
         return _Leaf(pair.cert, pair.cert_pem)

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Builds the etcd server the tests run (tests/support/etcd.py) for one etcd minor version, from the
-# go.etcd.io/etcd/server/v3 release pinned in tests/e2e/etcd-v<minor>/go.mod, into a cache outside the repository,
+# Builds the etcd server the tests run (testbed/etcd.py) for one etcd minor version, from the
+# go.etcd.io/etcd/server/v3 release pinned in testbed/binaries/etcd-v<minor>/go.mod, into a cache outside the repository,
 # and prints the binary's path. The binary is etcd's own command (etcdmain.Main): `etcd --version`,
 # `etcd grpc-proxy start ...` and every server flag behave as in the release.
 #
-#   tests/e2e/build-etcd.sh 3.6          build etcd 3.6 if missing (progress on stderr, the path on stdout)
-#   tests/e2e/build-etcd.sh 3.5 --path   print where the etcd 3.5 binary is or would be; build nothing
+#   testbed/binaries/build-etcd.sh 3.6          build etcd 3.6 if missing (progress on stderr, the path on stdout)
+#   testbed/binaries/build-etcd.sh 3.5 --path   print where the etcd 3.5 binary is or would be; build nothing
 #
 # Cache: ${ETCDSTORAGE_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/etcdstorage-e2e}/etcd-<version>.
 # The binary appears there complete or not at all (built in a temporary directory beside it, then renamed).

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
 
-from hooks import durations, names
+from etcdstorage import durations, names
 
 MIN_VALIDITY: Final = timedelta(minutes=10)
 MIN_RENEW_BEFORE: Final = timedelta(minutes=1)

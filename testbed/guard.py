@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
-from hooks import names
-from tests.support import guard_config, processes
-from tests.support.certs import TLSFiles
-from tests.support.etcd import GrpcProxy, http_status
+from etcdstorage import names
+from testbed import guard_config, processes
+from testbed.certs import TLSFiles
+from testbed.etcd import GrpcProxy, http_status
 
 NGINX: Final = "/usr/sbin/nginx"
 READY_TIMEOUT: Final = 20.0

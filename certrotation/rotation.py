@@ -22,9 +22,9 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from hooks import pki
-from hooks.report import rfc3339
-from hooks.spec import KeyAlgorithm
+from certrotation import pki
+from etcdstorage.spec import KeyAlgorithm
+from etcdstorage.times import rfc3339
 
 # A staged CA waits at least this share of its validity (or the operator's minimum, whichever is longer)...
 PROPAGATION_SHARE: Final = 10
@@ -174,7 +174,7 @@ class SignerKeys:
 
 
 def signer_keys(role: Role) -> SignerKeys:
-    # TODO(names.py): move to hooks/names.py next to the other data keys.
+    # TODO(names.py): move to etcdstorage/names.py next to the other data keys.
     prefix = f"{role.value}-signer"
     return SignerKeys(
         cert=f"{prefix}.crt",

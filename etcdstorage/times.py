@@ -1,0 +1,14 @@
+"""Times as Kubernetes writes them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def rfc3339(value: datetime) -> str:
+    """UTC, whole seconds, `Z`: the form Kubernetes uses for times (and the original's expiry annotation).
+
+    Four-digit years always: glibc's strftime writes year 1 as `1`, which is not RFC 3339.
+    """
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
