@@ -19,6 +19,7 @@ import yaml
 from certrotation import job
 from etcdstorage import names
 from testbed import harness
+from tests.support.manifests import installed
 
 MANIFESTS: Final = harness.REPO / "manifests"
 EXAMPLES: Final = MANIFESTS / "examples"
@@ -46,9 +47,9 @@ def install(plane: harness.ControlPlane) -> None:
     certificate (without a Common Name, as grpc-proxy requires) where the proxies and the job read them."""
     apply(
         plane,
-        load(MANIFESTS / "namespace.yaml")
-        + load(MANIFESTS / "cert-rotation-rbac.yaml")
-        + load(MANIFESTS / "proxy.yaml"),
+        installed(MANIFESTS / "namespace.yaml")
+        + installed(MANIFESTS / "cert-rotation-rbac.yaml")
+        + installed(MANIFESTS / "proxy.yaml"),
     )
     upstream = plane.core.pki.proxy_client
     apply(

@@ -7,25 +7,14 @@ import dataclasses
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from certrotation import job, kube
 from etcdstorage import names
 from tests.job.world import T0, TENANT, C, World, connects, new_world
-
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
-
-
-def documents(path: Path) -> list[dict[str, Any]]:
-    return [document for document in yaml.safe_load_all(path.read_text()) if document]
-
-
-def one(path: Path, kind: str) -> dict[str, Any]:
-    [found] = [document for document in documents(path) if document["kind"] == kind]
-    return found
+from tests.support.manifests import MANIFESTS, one
+from tests.support.manifests import load as documents
 
 
 def test_the_cronjob_runs_the_job_every_minute_one_at_a_time_as_the_hooks_image() -> None:
