@@ -17,4 +17,4 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /install /usr/local
 USER 65532:65532
 EXPOSE 8080
-CMD ["etcdstorage-hook", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["etcdstorage-hook", "--host", "::", "--port", "8080"]
