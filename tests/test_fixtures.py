@@ -30,3 +30,16 @@ def test_a_hook_served_by_uvicorn_answers_every_fixture_as_recorded() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed" in result.stdout
+
+
+@pytest.mark.real
+def test_the_check_pins_the_hooks_clock_so_the_fixtures_do_not_age() -> None:
+    # After the fixtures' certificates pass their renewal time the answers change: the pinned clock is what keeps
+    # the check true in 2030 and after.
+    result = subprocess.run(
+        [sys.executable, "scripts/check_fixtures.py", "--serve", "--at", "2032-01-01T00:00:00+00:00"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "FAIL certificates-present" in result.stdout
+    assert "ok   new-object" in result.stdout
