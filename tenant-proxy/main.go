@@ -126,7 +126,7 @@ func run(args []string) error {
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    30 * time.Second,
 		DialKeepAliveTimeout: 10 * time.Second,
-		MaxCallSendMsgSize:   c.limits.MaxRequestBytes + 512*1024,
+		MaxCallSendMsgSize:   c.limits.MaxMessageBytes(),
 		PermitWithoutStream:  true,
 		Logger:               upstreamLogger(),
 	})

@@ -24,6 +24,13 @@ type Limits struct {
 	MaxWatchesPerStream int
 }
 
+// grpcOverhead is the room for gRPC framing above the largest request, as etcd leaves it.
+const grpcOverhead = 512 * 1024
+
+// MaxMessageBytes is the largest gRPC message to take in or send for one request: the request limit plus gRPC's
+// framing. A message over the request limit but inside this room reaches Check, which refuses it with a reason.
+func (l Limits) MaxMessageBytes() int { return l.MaxRequestBytes + grpcOverhead }
+
 // DefaultLimits are etcd's defaults, and room for a busy API server's watches.
 var DefaultLimits = Limits{MaxRequestBytes: 1536 * 1024, MaxTxnOps: 128, MaxTxnReads: 4, MaxWatchesPerStream: 10000}
 

@@ -24,9 +24,6 @@ import (
 )
 
 const (
-	// grpcOverhead is the room for gRPC framing above the largest request, as etcd leaves it; a message over
-	// the request limit but inside this room is refused by policy.Check, with a count and a log line.
-	grpcOverhead = 512 * 1024
 	// maxStreams per connection: kube-apiserver multiplexes every request and watch of a connection.
 	maxStreams = 1000
 	// otherRPC labels the metrics of methods off the allowlist: a tenant chooses method names, labels stay few.
@@ -58,7 +55,7 @@ func New(o Options) *grpc.Server {
 	g := &guard{limits: limits, metrics: metrics, health: o.Health, log: o.Log}
 	server := grpc.NewServer(
 		grpc.Creds(o.Creds),
-		grpc.MaxRecvMsgSize(limits.MaxRequestBytes+grpcOverhead),
+		grpc.MaxRecvMsgSize(limits.MaxMessageBytes()),
 		grpc.MaxSendMsgSize(math.MaxInt32),
 		grpc.MaxConcurrentStreams(maxStreams),
 		// etcd clients ping every 30 s or so (kube-apiserver: 30 s); grpc-go's default minimum of 5 minutes would
