@@ -1,13 +1,15 @@
 """An EtcdStorage object, checked and typed: the one place that decides what a valid tenant is.
 
-The CRD refuses the same things at admission (manifests/crd.yaml); the hook and the job check again because
-they never trust input. Pure: raises `InvalidSpec` naming every offending field, never returns half a spec.
+The CRD refuses the same things at admission: etcdstorage/crd.py generates manifests/crd.yaml from the bounds
+below, and the hook and the job check again because they never trust input. Pure: raises `InvalidSpec` naming every
+offending field, never returns half a spec.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
@@ -21,6 +23,15 @@ DEFAULT_SIGNING_VALIDITY: Final = "8760h"
 DEFAULT_SERVING_VALIDITY: Final = "730h"
 DEFAULT_CLIENT_VALIDITY: Final = "730h"
 MAX_REPLICAS: Final = 50
+# Items of caCertConfigMap and of clientCertSecret (the CRD's maxItems): far more API servers than any one of them
+# has, and a bound on the work and the problems a single object can cause.
+MAX_DESTINATIONS: Final = 32
+MAX_DURATION_LENGTH: Final = 32  # characters; "8760h" is 5
+# A duration as the CRD admits it: Go's syntax without a sign, without µs, and never a bare "0" (Go's ParseDuration
+# takes those too). The CRD's rules read a duration only where it matches, so that CEL never fails on a typo.
+DURATION: Final = re.compile(r"^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|ms|s|m|h))+$")
+# Values quoted in problems are cut to this many characters: a problem names a value, it does not echo a megabyte.
+_MAX_SHOWN: Final = 64
 
 
 class KeyAlgorithm(enum.StrEnum):
@@ -82,7 +93,7 @@ def name_problems(name: object) -> list[str]:
             f"must be at most {names.MAX_NAME_LENGTH} characters so that the Service "
             f"'{names.PROXY_NAME_PREFIX}<name>' fits 63 (it has {len(name)})"
         )
-    if not names.DNS_LABEL.match(name):
+    if not names.DNS_LABEL.fullmatch(name):
         problems.append(
             "must be a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric (no dots)"
         )
@@ -91,8 +102,12 @@ def name_problems(name: object) -> list[str]:
     return problems
 
 
-def parse(obj: Mapping[str, Any]) -> EtcdStorage:
-    """Check an EtcdStorage object (as Kubernetes serves it) and return it typed, or raise `InvalidSpec`."""
+def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> EtcdStorage:
+    """Check an EtcdStorage object (as Kubernetes serves it) and return it typed, or raise `InvalidSpec`.
+
+    A destination list longer than `max_list_items` is one problem, checked before its items: a million items would
+    otherwise make a million problems.
+    """
     metadata = obj.get("metadata")
     metadata = metadata if isinstance(metadata, Mapping) else {}
     name = metadata.get("name")
@@ -107,13 +122,11 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
     # Durations are compared in nanoseconds, as the CRD's CEL rules compare them: admission and hook agree exactly.
     def validity(field: str, default: str) -> int | None:
         raw = spec.get(field)
-        try:
-            value = durations.parse_nanoseconds(default if raw is None else raw)
-        except durations.DurationError as error:
-            problems.append(Problem(f"spec.{field}", str(error)))
-            return None
-        if value < _nanoseconds(MIN_VALIDITY):
-            problems.append(Problem(f"spec.{field}", f"must be at least {durations.format(MIN_VALIDITY)}, got {raw!r}"))
+        value = _duration(f"spec.{field}", default if raw is None else raw, problems)
+        if value is not None and value < _nanoseconds(MIN_VALIDITY):
+            problems.append(
+                Problem(f"spec.{field}", f"must be at least {durations.format(MIN_VALIDITY)}, got {_shown(raw)}")
+            )
             return None
         return value
 
@@ -130,8 +143,8 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
                     )
                 )
 
-    configmaps = _destinations(spec, "caCertConfigMap", problems)
-    secrets = _destinations(spec, "clientCertSecret", problems)
+    configmaps = _destinations(spec, "caCertConfigMap", max_list_items, problems)
+    secrets = _destinations(spec, "clientCertSecret", max_list_items, problems)
 
     algorithm = KeyAlgorithm.ECDSA_P256
     raw_algorithm = spec.get("keyAlgorithm")
@@ -140,22 +153,21 @@ def parse(obj: Mapping[str, Any]) -> EtcdStorage:
             algorithm = KeyAlgorithm(raw_algorithm)
         except ValueError:
             allowed = ", ".join(a.value for a in KeyAlgorithm)
-            problems.append(Problem("spec.keyAlgorithm", f"must be one of {allowed}, got {raw_algorithm!r}"))
+            problems.append(Problem("spec.keyAlgorithm", f"must be one of {allowed}, got {_shown(raw_algorithm)}"))
 
     replicas = spec.get("replicas")
     if replicas is not None and (
         isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS
     ):
-        problems.append(Problem("spec.replicas", f"must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}"))
+        problems.append(
+            Problem("spec.replicas", f"must be an integer from 1 to {MAX_REPLICAS}, got {_shown(replicas)}")
+        )
         replicas = None
 
     renew_before = None
     if spec.get("renewBefore") is not None:
-        try:
-            renew_before = durations.parse_nanoseconds(spec["renewBefore"])
-        except durations.DurationError as error:
-            problems.append(Problem("spec.renewBefore", str(error)))
-        else:
+        renew_before = _duration("spec.renewBefore", spec["renewBefore"], problems)
+        if renew_before is not None:
             shortest = min((v for v in (signing, serving, client) if v is not None), default=None)
             if renew_before < _nanoseconds(MIN_RENEW_BEFORE):
                 problems.append(Problem("spec.renewBefore", f"must be at least {durations.format(MIN_RENEW_BEFORE)}"))
@@ -187,12 +199,50 @@ def _nanoseconds(value: timedelta) -> int:
     return (value.days * 86_400 + value.seconds) * 1_000_000_000 + value.microseconds * 1_000
 
 
-def _destinations(spec: Mapping[str, Any], field: str, problems: list[Problem]) -> tuple[Destination, ...]:
+def _shown(value: object) -> str:
+    """`value` as a problem quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _duration(field: str, raw: Any, problems: list[Problem]) -> int | None:
+    """`raw` in nanoseconds when the CRD admits it as a duration, else None and a problem."""
+    if isinstance(raw, str) and len(raw) > MAX_DURATION_LENGTH:
+        problems.append(Problem(field, f"must be at most {MAX_DURATION_LENGTH} characters, got {len(raw)}"))
+        return None
+    try:
+        nanoseconds = durations.parse_nanoseconds(raw)
+    except durations.DurationError as error:
+        problems.append(Problem(field, str(error)))
+        return None
+    if not DURATION.fullmatch(raw):
+        problems.append(
+            Problem(field, f"invalid duration {raw!r}: write numbers with units ns, us, ms, s, m or h, unsigned")
+        )
+        return None
+    return nanoseconds
+
+
+def _fitting(value: object, pattern: re.Pattern[str], longest: int) -> str | None:
+    """`value` when it is a string of at most `longest` characters that `pattern` matches whole, else None."""
+    if isinstance(value, str) and len(value) <= longest and pattern.fullmatch(value):
+        return value
+    return None
+
+
+def _destinations(
+    spec: Mapping[str, Any], field: str, max_items: int, problems: list[Problem]
+) -> tuple[Destination, ...]:
+    """The distinct destinations of a list, sorted. Duplicates are merged, not refused: the CRD refuses them at
+    admission (a list keyed by namespace and name), but objects stored under the original's CRD may hold some."""
     raw = spec.get(field)
     if raw is None:  # the original's Go clients send null for an unset list
         return ()
     if not isinstance(raw, list):
         problems.append(Problem(f"spec.{field}", "must be a list of {name, namespace}"))
+        return ()
+    if len(raw) > max_items:
+        problems.append(Problem(f"spec.{field}", f"must hold at most {max_items} items, got {len(raw)}"))
         return ()
     found: set[Destination] = set()
     for index, item in enumerate(raw):
@@ -200,16 +250,14 @@ def _destinations(spec: Mapping[str, Any], field: str, problems: list[Problem]) 
         if not isinstance(item, Mapping):
             problems.append(Problem(where, "must be an object with name and namespace"))
             continue
-        name, namespace = item.get("name"), item.get("namespace")
-        if not isinstance(name, str) or not names.DNS_SUBDOMAIN.match(name) or len(name) > names.MAX_DNS_SUBDOMAIN:
-            problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {name!r}"))
-            continue
-        if (
-            not isinstance(namespace, str)
-            or not names.DNS_LABEL.match(namespace)
-            or len(namespace) > names.MAX_DNS_LABEL
-        ):
-            problems.append(Problem(f"{where}.namespace", f"must be a namespace name (a DNS label), got {namespace!r}"))
-            continue
-        found.add(Destination(namespace=namespace, name=name))
+        name = _fitting(item.get("name"), names.DNS_SUBDOMAIN, names.MAX_DNS_SUBDOMAIN)
+        namespace = _fitting(item.get("namespace"), names.DNS_LABEL, names.MAX_DNS_LABEL)
+        if name is None:
+            shown = _shown(item.get("name"))
+            problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {shown}"))
+        if namespace is None:
+            shown = _shown(item.get("namespace"))
+            problems.append(Problem(f"{where}.namespace", f"must be a namespace name (a DNS label), got {shown}"))
+        if name is not None and namespace is not None:
+            found.add(Destination(namespace=namespace, name=name))
     return tuple(sorted(found))

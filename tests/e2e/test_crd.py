@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from etcdstorage import names
+from etcdstorage.spec import parse
 from testbed import harness
+from tests.support import spec_cases
 
 pytestmark = pytest.mark.e2e
 
@@ -92,36 +95,54 @@ def test_the_original_projects_example_manifest_applies_unchanged(
         control_plane.kubectl("delete", f"{names.PLURAL}.{names.GROUP}", "sample-apiserver", "--ignore-not-found")
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        pytest.param(named("a" * names.MAX_NAME_LENGTH), id="a name of exactly 58 characters"),
-        pytest.param(named("a-b-0"), id="a name with dashes and digits"),
-        pytest.param(
-            spec(signingCertificateValidity="10m", servingCertificateValidity="10m", clientCertificateValidity="10m"),
-            id="validities of exactly 10m",
-        ),
-        pytest.param(
-            spec(
-                signingCertificateValidity="1h30m", servingCertificateValidity="90m", clientCertificateValidity="5400s"
-            ),
-            id="leaves exactly as long as the signing validity, in other units",
-        ),
-        pytest.param(
-            spec(caCertConfigMap=None, clientCertSecret=None), id="null lists, as the original's Go client sends them"
-        ),
-        pytest.param(
-            spec(caCertConfigMap=[{"name": "serving-ca.v2", "namespace": "ns"}]), id="a destination name with dots"
-        ),
-    ],
-)
-def test_the_api_server_accepts_valid_objects_at_the_limits(
-    api_client: ApiClient, etcdstorage_crd: str, change: Callable[[Body], None]
+def admission(api_client: ApiClient, body: Body) -> str | None:
+    """None when the API server admits `body`, else the message with which it refuses it (422 Invalid)."""
+    try:
+        create(api_client, body)
+    except ApiException as refused:
+        status, answer = refused.status, refused.body or "{}"
+    else:
+        return None
+    assert status == 422, answer
+    return str(json.loads(answer)["message"])
+
+
+def as_created(body: Body) -> Body:
+    """`body` as a person would create it: the server sets uid and generation."""
+    return {**copy.deepcopy(body), "metadata": {"name": body["metadata"]["name"]}}
+
+
+@pytest.mark.parametrize("case", spec_cases.CASES, ids=[case.id for case in spec_cases.CASES])
+def test_the_api_server_gives_the_verdict_the_hook_gives(
+    api_client: ApiClient, etcdstorage_crd: str, case: spec_cases.Case
 ) -> None:
-    body = original()
-    change(body)
-    created = create(api_client, copy.deepcopy(body))
-    assert created["metadata"]["name"] == body["metadata"]["name"]
+    # tests/unit/test_spec.py holds spec.parse to the same table.
+    message = admission(api_client, as_created(case.body))
+    if case.refused is None:
+        assert message is None
+    else:
+        assert message is not None
+        assert case.refused in message
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=spec_cases.objects)
+def test_the_api_server_and_the_hook_agree_on_random_objects(
+    api_client: ApiClient, etcdstorage_crd: str, body: Body
+) -> None:
+    refused_by_parse = spec_cases.parse_verdict(body)
+    message = admission(api_client, as_created(body))
+    assert (message is None) == (not refused_by_parse), (message, refused_by_parse)
+
+
+def test_a_destination_listed_twice_is_refused_at_admission_and_merged_by_the_hook(
+    api_client: ApiClient, etcdstorage_crd: str
+) -> None:
+    body = spec_cases.duplicate_destinations()
+    message = admission(api_client, as_created(body))
+    assert message is not None
+    assert "spec.caCertConfigMap[1]: Duplicate value" in message
+    assert len(parse(body).ca_cert_configmaps) == 1  # an object stored before the CRD had this rule still works
 
 
 @pytest.mark.parametrize(

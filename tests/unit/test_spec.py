@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etcdstorage import names, spec
+from tests.support import spec_cases
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage
 
 
@@ -55,7 +56,7 @@ REFUSED: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.clientCertificateValidity",
         "at least 10m",
     ),
-    ("a negative validity", {"clientCertificateValidity": "-1h"}, "spec.clientCertificateValidity", "at least 10m"),
+    ("a negative validity", {"clientCertificateValidity": "-1h"}, "spec.clientCertificateValidity", "unsigned"),
     ("a number for a validity", {"signingCertificateValidity": 730}, "spec.signingCertificateValidity", "got int"),
     ("a leaf outliving its CA", {"servingCertificateValidity": "800h"}, "spec.servingCertificateValidity", "outlives"),
     (
@@ -135,3 +136,40 @@ def test_durations_are_compared_to_the_nanosecond_as_admission_compares_them() -
     assert tenant.renew_before == timedelta(hours=730)
     with pytest.raises(spec.InvalidSpec, match=r"spec\.servingCertificateValidity"):
         spec.parse(etcdstorage(signingCertificateValidity="730h", servingCertificateValidity="730h0.000000001s"))
+
+
+@pytest.mark.parametrize("case", spec_cases.CASES, ids=[case.id for case in spec_cases.CASES])
+def test_parse_gives_the_verdict_admission_gives(case: spec_cases.Case) -> None:
+    # tests/e2e/test_crd.py holds a real API server to the same table.
+    refused = spec_cases.parse_verdict(case.body)
+    assert refused == ([] if case.refused is None else [case.refused])
+
+
+def test_a_destination_list_over_the_limit_is_one_problem_whatever_its_items() -> None:
+    with pytest.raises(spec.InvalidSpec) as refused:
+        spec.parse(etcdstorage(clientCertSecret=[0] * 100_000))
+    assert [str(p) for p in refused.value.problems] == [
+        f"spec.clientCertSecret: must hold at most {spec.MAX_DESTINATIONS} items, got 100000"
+    ]
+
+
+def test_the_limit_on_destinations_is_a_parameter_that_defaults_to_the_crds() -> None:
+    body = etcdstorage(caCertConfigMap=spec_cases.destinations(3))
+    assert len(spec.parse(body).ca_cert_configmaps) == 3
+    with pytest.raises(spec.InvalidSpec, match="at most 2 items, got 3"):
+        spec.parse(body, max_list_items=2)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"replicas": [0] * 100_000}, id="replicas"),
+        pytest.param({"keyAlgorithm": "x" * 100_000}, id="keyAlgorithm"),
+        pytest.param({"caCertConfigMap": [{"name": "x" * 100_000, "namespace": "a"}]}, id="a destination name"),
+        pytest.param({"renewBefore": "1" * 100_000 + "h"}, id="renewBefore"),
+    ],
+)
+def test_a_problem_quotes_a_huge_value_briefly(change: dict[str, Any]) -> None:
+    with pytest.raises(spec.InvalidSpec) as refused:
+        spec.parse(etcdstorage(**change))
+    assert len(str(refused.value)) < 300
