@@ -1,7 +1,8 @@
 """The HTTP edge: reads a bounded body, runs the pure hooks in worker threads, maps errors to codes, counts requests.
 
 Metacontroller deletes children an answer leaves out, so anything the hook cannot handle becomes a non-200
-(413 for a body over a limit, 422 for input it refuses, 500 for its own bugs), never a 200 with fewer children.
+(413 for a body over a limit, 422 for input it refuses, 500 for its own bugs), never a 200 with fewer children. (A
+spec the hook refuses is answered by the sync itself: Ready False, the children handed back as they are.)
 The event loop only moves bytes: parsing, the sync and encoding run in worker threads, so that a large request holds
 up neither /healthz nor the other requests. Every limit is a setting, and a refusal names its variable.
 """
@@ -28,8 +29,9 @@ from starlette.types import Receive, Scope, Send
 
 from etcdstorage import spec
 from etcdstorage.settings import Settings, variable
-from hooks import sync
-from hooks.wire import CustomizeRequest, SyncRequest
+from hooks import metrics as tenant_metrics
+from hooks import status, sync
+from hooks.wire import CustomizeRequest, SyncRequest, SyncResponse
 
 log = logging.getLogger("etcdstorage.hook")
 
@@ -69,6 +71,7 @@ class Metrics:
             ["path", "reason"],
             registry=self.registry,
         )
+        self.tenants = tenant_metrics.TenantMetrics(self.registry)
 
 
 class HookError(Exception):
@@ -84,7 +87,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     app = FastAPI(title="EtcdStorage hooks", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.metrics = metrics
     hooks = {
-        "/sync": lambda body: _sync(body, settings, now()),
+        "/sync": lambda body: _sync(body, settings, now(), metrics.tenants),
         "/customize": lambda body: _customize(body, settings),
     }
     workers = _Workers(anyio.Semaphore(settings.hook_workers), anyio.CapacityLimiter(settings.hook_workers))
@@ -100,6 +103,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        metrics.tenants.expire(now())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -154,9 +158,29 @@ class _Hook:
                 await response(scope, receive, send)
 
 
-def _sync(body: bytes | bytearray, settings: Settings, now: datetime) -> BaseModel:
+def _sync(
+    body: bytes | bytearray, settings: Settings, now: datetime, tenants: tenant_metrics.TenantMetrics
+) -> BaseModel:
     check_values(body, settings.hook_max_json_values)
-    return sync.sync(parse_body(SyncRequest, body), settings, now)
+    request = parse_body(SyncRequest, body)
+    answer = sync.sync(request, settings, now)
+    _observed(request, answer, tenants, now)
+    return answer
+
+
+def _observed(request: SyncRequest, answer: SyncResponse, tenants: tenant_metrics.TenantMetrics, now: datetime) -> None:
+    """What the sync observed, into the per-EtcdStorage gauges (and a refused spec into the log, as the 422 was)."""
+    name = tenant_metrics.label(request.parent.metadata.get("name"))
+    ready = status.ready_condition(answer.status)
+    if ready.get("reason") == status.INVALID_SPEC:
+        log.warning("refused EtcdStorage name=%s problems=%s", _logged([name]), _logged([ready.get("message")]))
+    if name is None:
+        return
+    if answer.finalized:
+        tenants.forget(name)
+    else:
+        tenants.record(name, answer.status, now, tenant_metrics.interval(request.controller, answer.resyncAfterSeconds))
+    tenants.expire(now)
 
 
 def _customize(body: bytes | bytearray, settings: Settings) -> BaseModel:

@@ -22,17 +22,40 @@ CERTIFICATES_READY: Final = "CertificatesReady"
 PROXY_AVAILABLE: Final = "ProxyAvailable"
 DEPLOYED: Final = "Deployed"  # the original's only condition, kept for tools written against it
 CONDITION_TYPES: Final = (READY, CERTIFICATES_READY, PROXY_AVAILABLE, DEPLOYED)
+INVALID_SPEC: Final = "InvalidSpec"  # Ready's reason while the hook refuses the spec and keeps the children as they are
+STALE_CHILD: Final = "StaleChild"  # an object of a child's name belongs to another owner
+STALE_REPORT: Final = "StaleCertificateReport"  # <N>-ca-cert reports for another EtcdStorage of the same name
+MAX_MESSAGE_CHARS: Final = 1000  # of a condition message that quotes input (a refused spec's problems)
 _RFC3339: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 
 
 @dataclasses.dataclass(frozen=True)
+class Foreign:
+    """An object named as one of this EtcdStorage's that is not this EtcdStorage's: left by an earlier EtcdStorage of
+    the same name (recreated before the garbage collector removed the old one's objects), or orphaned. Metacontroller
+    does not hand it over as a child and cannot create this object's own in its place."""
+
+    kind: str
+    key: str  # namespace/name
+    owners: tuple[str, ...]  # uids of the EtcdStorages it names as owners; empty for none
+
+    def describe(self, uid: str) -> str:
+        held = f"belongs to EtcdStorage uid {', '.join(self.owners)}" if self.owners else "has no EtcdStorage owner"
+        return f"{self.kind} {self.key} {held}, not to this EtcdStorage (uid {uid or 'unknown'})"
+
+
+@dataclasses.dataclass(frozen=True)
 class Observed:
-    """What the request says exists, reduced to what status needs."""
+    """What the request says exists, reduced to what status needs. The children are this object's: Metacontroller
+    hands over only the children it controls, and `foreign` names the objects of their names that it does not."""
 
     deployment: Mapping[str, Any] | None
     service: Mapping[str, Any] | None
     certificates: report.Report | None
     certificates_error: str = ""  # the report annotations exist but do not parse
+    disruption_budget: Mapping[str, Any] | None = None
+    foreign: tuple[Foreign, ...] = ()  # objects of the children's names held by another owner
+    foreign_report: Foreign | None = None  # <N>-ca-cert, when it belongs to another EtcdStorage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +71,10 @@ def compute(
 ) -> dict[str, Any]:
     desired_replicas = tenant.replicas if tenant.replicas is not None else settings.replicas
     available = _available_replicas(observed.deployment)
-    certificates = _certificates_condition(tenant, observed, settings, now)
+    certificates = _stale_report_condition(tenant, observed) or _certificates_condition(tenant, observed, settings, now)
     proxy = _proxy_condition(tenant, observed, available, desired_replicas)
-    deployed = _deployed_condition(tenant, observed)
-    conditions = [_ready_condition(certificates, proxy), certificates, proxy, deployed]
+    deployed = _deployed_condition(tenant, observed, settings)
+    conditions = [_ready_condition(certificates, proxy, deployed), certificates, proxy, deployed]
     result: dict[str, Any] = {
         "conditions": _with_transition_times(conditions, previous, now),
         "endpoint": names.endpoint(tenant.name, settings.namespace),
@@ -64,6 +87,23 @@ def compute(
     return result
 
 
+def refused(refusal: Exception, *, previous: Any, now: datetime) -> dict[str, Any]:
+    """The status of an object whose spec the hook refuses: Ready False with the reason, shown by `kubectl get`.
+    Only Ready: the other conditions would describe a spec the hook cannot read."""
+    message = f"{refusal}; its children are kept as they are until the spec is fixed"
+    clipped = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return {"conditions": _with_transition_times([Condition(READY, False, INVALID_SPEC, clipped)], previous, now)}
+
+
+def ready_condition(current: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The Ready condition of a status, {} when it has none: a previous status handed back may hold anything."""
+    conditions = current.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else []:
+        if isinstance(condition, Mapping) and condition.get("type") == READY:
+            return condition
+    return {}
+
+
 def is_ready(status: Mapping[str, Any]) -> bool:
     return any(c["type"] == READY and c["status"] == "True" for c in status.get("conditions", []))
 
@@ -74,6 +114,18 @@ def _available_replicas(deployment: Mapping[str, Any] | None) -> int:
         return 0
     value = reported.get("availableReplicas", 0)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _stale_report_condition(tenant: EtcdStorage, observed: Observed) -> Condition | None:
+    """CertificatesReady False when `<N>-ca-cert` is another EtcdStorage's: its report is not about this object."""
+    if observed.foreign_report is None:
+        return None
+    return Condition(
+        CERTIFICATES_READY, False, STALE_REPORT,
+        f"the certificate report on {observed.foreign_report.describe(tenant.uid)}: it is an earlier EtcdStorage's "
+        "of the same name; the cert-rotation job adopts the ConfigMap and reports for this one on its next run, "
+        "check the logs of the CronJob etcdstorage-cert-rotation if this persists",
+    )  # fmt: skip
 
 
 def _certificates_condition(tenant: EtcdStorage, observed: Observed, settings: Settings, now: datetime) -> Condition:
@@ -116,6 +168,9 @@ def _certificates_condition(tenant: EtcdStorage, observed: Observed, settings: S
 
 
 def _proxy_condition(tenant: EtcdStorage, observed: Observed, available: int, desired: int) -> Condition:
+    stale = [child for child in observed.foreign if child.kind == "Deployment"]
+    if observed.deployment is None and stale:
+        return Condition(PROXY_AVAILABLE, False, STALE_CHILD, _stale_message(tenant, stale))
     if observed.deployment is None:
         return Condition(
             PROXY_AVAILABLE,
@@ -131,11 +186,30 @@ def _proxy_condition(tenant: EtcdStorage, observed: Observed, available: int, de
     return Condition(PROXY_AVAILABLE, True, "ProxyAvailable", f"{available} of {desired} proxies available")
 
 
-def _deployed_condition(tenant: EtcdStorage, observed: Observed) -> Condition:
-    if observed.deployment is not None and observed.service is not None:
-        return Condition(DEPLOYED, True, "Deployed", "etcdproxy Deployment and Service are created")
+def _deployed_condition(tenant: EtcdStorage, observed: Observed, settings: Settings) -> Condition:
+    """True when this object's Deployment, Service and PodDisruptionBudget all exist; an object of one of their names
+    that belongs to another owner is named, with the fix."""
+    if observed.foreign:
+        return Condition(DEPLOYED, False, STALE_CHILD, _stale_message(tenant, observed.foreign))
+    children = {
+        "Deployment": observed.deployment,
+        "Service": observed.service,
+        "PodDisruptionBudget": observed.disruption_budget,
+    }
+    missing = [kind for kind, child in children.items() if child is None]
+    if not missing:
+        return Condition(DEPLOYED, True, "Deployed", "etcdproxy Deployment, Service and PodDisruptionBudget exist")
     return Condition(
-        DEPLOYED, False, "Creating", f"waiting for Deployment and Service {names.proxy_name(tenant.name)} to be created"
+        DEPLOYED, False, "Creating",
+        f"waiting for {', '.join(missing)} {settings.namespace}/{names.proxy_name(tenant.name)} to be created",
+    )  # fmt: skip
+
+
+def _stale_message(tenant: EtcdStorage, stale: list[Foreign] | tuple[Foreign, ...]) -> str:
+    objects = "; ".join(child.describe(tenant.uid) for child in stale)
+    return (
+        f"{objects}: left by an earlier EtcdStorage named {tenant.name}, or orphaned; delete it and it is created for "
+        "this one"
     )
 
 

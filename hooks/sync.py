@@ -1,8 +1,10 @@
 """The sync and customize hooks as pure functions: observed EtcdStorage and children in, desired state out.
 
-No clock, environment or network: `now` and `settings` are arguments. Raises `spec.InvalidSpec` for an object it
-refuses and `TooManyObjects` for a request beyond the settings' bounds; the HTTP edge turns those into a 422 so that
-Metacontroller keeps the existing children.
+No clock, environment or network: `now` and `settings` are arguments. An object whose spec it refuses gets Ready False
+with the reason and its children handed back exactly as Metacontroller last applied them (`hooks.applied`), so that
+`kubectl get etcdstorages` says why and nothing changes. Raises `spec.InvalidSpec` when a child cannot be handed back
+so, and `TooManyObjects` for a request beyond the settings' bounds; the HTTP edge turns those into a 422, on which
+Metacontroller keeps the existing children (and the status as it was).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any, Final
 
 from etcdstorage import names, report, spec
 from etcdstorage.settings import Settings
-from hooks import children, status
+from hooks import applied, children, status
 from hooks.wire import (
     CONFIGMAPS,
     DEPLOYMENTS,
+    DISRUPTION_BUDGETS,
     SERVICES,
     CustomizeRequest,
     CustomizeResponse,
@@ -40,16 +43,18 @@ class TooManyObjects(ValueError):
 def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncResponse:
     _check_counts(request, settings.hook_max_objects_per_kind)
     try:
-        _check_spec_lists(request, settings.hook_max_spec_list_items)
-        tenant = spec.parse({"metadata": request.parent.metadata, "spec": request.parent.spec})
-    except spec.InvalidSpec:
+        tenant = spec.parse(
+            {"metadata": request.parent.metadata, "spec": request.parent.spec},
+            max_list_items=settings.hook_max_spec_list_items,
+        )
+    except spec.InvalidSpec as refusal:
         if not request.finalizing:
-            raise
+            return _refused(request, refusal, now)
         # A parent being deleted that the hook refuses must still go: nothing outside Kubernetes needs cleaning up,
         # and a refusal here would keep Metacontroller's finalizer on it forever.
         previous = request.parent.status if isinstance(request.parent.status, dict) else {}
         return SyncResponse(status=previous, children=[], finalized=True)
-    observed = _observe(request, tenant.name, settings)
+    observed = _observe(request, tenant, settings)
     # Status describes what was observed, before the desired state is built.
     current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)
     desired = children.desired(tenant, settings)
@@ -61,36 +66,95 @@ def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncRespons
     )
 
 
+def _refused(request: SyncRequest, refusal: spec.InvalidSpec, now: datetime) -> SyncResponse:
+    """Ready False with the reason, and every observed child as Metacontroller last applied it: a 200 that changes
+    nothing (a 422 would leave the status empty or stale, with the reason only in a SyncError event). No resync is
+    asked for: only a new spec can change the answer, and a spec change triggers a sync."""
+    kept = applied.kept_children(request.children)
+    if kept is None:
+        raise refusal  # no answer provably keeps that child: the 422 keeps it, the status waits
+    return SyncResponse(status=status.refused(refusal, previous=request.parent.status, now=now), children=kept)
+
+
 def customize(request: CustomizeRequest, settings: Settings) -> CustomizeResponse:
-    """Ask for the tenant's `<N>-ca-cert`, where the job reports; never for a Secret."""
+    """Ask for the tenant's `<N>-ca-cert`, where the job reports (never for a Secret), and for the objects of its
+    children's names: Metacontroller hands over only the children it controls, so this is how the sync sees an object
+    of such a name that belongs to another owner. Nothing for a name no EtcdStorage can have: the sync refuses that
+    object and says why in its status, which a refused customize call (Metacontroller then calls no sync) would not."""
     name = request.parent.metadata.get("name")
-    problems = spec.name_problems(name)
-    if problems:
-        raise spec.InvalidSpec(str(name or ""), [spec.Problem("metadata.name", p) for p in problems])
+    if spec.name_problems(name):
+        return CustomizeResponse(relatedResources=[])
     assert isinstance(name, str)
-    rule = RelatedResourceRule(
-        apiVersion="v1", resource="configmaps", namespace=settings.namespace, names=[names.client_ca_configmap(name)]
+    namespace = settings.namespace
+    proxy = [names.proxy_name(name)]
+    return CustomizeResponse(
+        relatedResources=[
+            RelatedResourceRule(
+                apiVersion="v1", resource="configmaps", namespace=namespace, names=[names.client_ca_configmap(name)]
+            ),
+            RelatedResourceRule(apiVersion="apps/v1", resource="deployments", namespace=namespace, names=proxy),
+            RelatedResourceRule(apiVersion="v1", resource="services", namespace=namespace, names=proxy),
+            RelatedResourceRule(
+                apiVersion="policy/v1", resource="poddisruptionbudgets", namespace=namespace, names=proxy
+            ),
+        ]
     )
-    return CustomizeResponse(relatedResources=[rule])
 
 
-def _observe(request: SyncRequest, tenant: str, settings: Settings) -> status.Observed:
-    key = f"{settings.namespace}/{names.proxy_name(tenant)}"
-    configmap = _find(request.related, CONFIGMAPS, f"{settings.namespace}/{names.client_ca_configmap(tenant)}")
-    certificates, error = None, ""
-    if configmap is not None:
+def _observe(request: SyncRequest, tenant: spec.EtcdStorage, settings: Settings) -> status.Observed:
+    key = f"{settings.namespace}/{names.proxy_name(tenant.name)}"
+    where = f"{settings.namespace}/{names.client_ca_configmap(tenant.name)}"
+    configmap = _find(request.related, CONFIGMAPS, where)
+    certificates, error, foreign_report = None, "", None
+    if configmap is not None and not _belongs(configmap, tenant.uid):
+        foreign_report = status.Foreign("ConfigMap", where, _owners(configmap))
+    elif configmap is not None:
         metadata = configmap.get("metadata")
         annotations = (metadata.get("annotations") if isinstance(metadata, dict) else None) or {}
         try:
             certificates = report.from_annotations(annotations)
         except report.ReportError as failure:
             error = str(failure)
+    found = {kind: _find(request.children, kind, key) for kind in (DEPLOYMENTS, SERVICES, DISRUPTION_BUDGETS)}
+    # Asked for by name as related objects too: one there but not among the children is someone else's.
+    foreign = tuple(
+        status.Foreign(kind.split(".", 1)[0], key, _owners(other))
+        for kind, child in found.items()
+        if child is None and (other := _find(request.related, kind, key)) is not None
+    )
     return status.Observed(
-        deployment=_find(request.children, DEPLOYMENTS, key),
-        service=_find(request.children, SERVICES, key),
+        deployment=found[DEPLOYMENTS],
+        service=found[SERVICES],
+        disruption_budget=found[DISRUPTION_BUDGETS],
         certificates=certificates,
         certificates_error=error,
+        foreign=foreign,
+        foreign_report=foreign_report,
     )
+
+
+def _owners(obj: dict[str, Any]) -> tuple[str, ...]:
+    """The uids of the EtcdStorages `obj` names as owners, sorted."""
+    metadata = obj.get("metadata")
+    references = metadata.get("ownerReferences") if isinstance(metadata, dict) else None
+    return tuple(
+        sorted(
+            reference["uid"]
+            for reference in (references if isinstance(references, list) else [])
+            if isinstance(reference, dict)
+            and reference.get("kind") == names.KIND
+            and reference.get("apiVersion") == names.API_VERSION
+            and isinstance(reference.get("uid"), str)
+        )
+    )
+
+
+def _belongs(report_configmap: dict[str, Any], uid: str) -> bool:
+    """Whether `<N>-ca-cert` reports for this EtcdStorage: the job adds each tenant's ownerReference before it reports,
+    so one that names EtcdStorages but not this one was written for an earlier EtcdStorage of the same name. One that
+    names none (made by hand) is read as it is."""
+    owners = _owners(report_configmap)
+    return not owners or uid in owners
 
 
 def _check_counts(request: SyncRequest, limit: int) -> None:
@@ -105,20 +169,6 @@ def _check_counts(request: SyncRequest, limit: int) -> None:
                 problems.append(f"{field}.{kind}: {len(found)} objects, more than {limit}")
     if problems:
         raise TooManyObjects(limit, problems)
-
-
-def _check_spec_lists(request: SyncRequest, limit: int) -> None:
-    """Refuse a spec list longer than `limit` as one problem, before `spec.parse` names a problem for every item (a
-    million items made a million problems). The CRD allows 32 destinations per list."""
-    fields = request.parent.spec if isinstance(request.parent.spec, dict) else {}
-    problems = [
-        spec.Problem(f"spec.{field}", f"must hold at most {limit} items, got {len(value)}")
-        for field, value in fields.items()
-        if isinstance(value, list) and len(value) > limit
-    ]
-    if problems:
-        name = request.parent.metadata.get("name")
-        raise spec.InvalidSpec(name if isinstance(name, str) else "", problems)
 
 
 def _find(objects: dict[str, ObjectMap], kind: str, key: str) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ child it answers is applied as Metacontroller applies it (server-side apply, fie
 parent's controller-uid label and ownerReference) into the controller namespace.
 
 No controller runs here, so Deployments never get pods: the proxy pod template meets Pod admission through a
-server-side dry run."""
+server-side dry run. Objects are read as Metacontroller's informers hold them, with their managedFields."""
 
 from __future__ import annotations
 
@@ -72,17 +72,31 @@ def call(hook: httpx.Client, path: str, body: Body) -> Body:
     return parsed
 
 
+def live(plane: harness.ControlPlane, resource: str, namespace: str, name: str) -> Body | None:
+    """The object as Metacontroller's informers hold it (managedFields included), None when there is none."""
+    found = plane.kubectl(
+        "get",
+        resource,
+        name,
+        f"--namespace={namespace}",
+        "--ignore-not-found",
+        "--show-managed-fields",
+        "--output=json",
+    ).stdout
+    return json.loads(found) if found.strip() else None
+
+
 def related_for(plane: harness.ControlPlane, hook: httpx.Client, parent: Body) -> dict[str, dict[str, Body]]:
     """What Metacontroller sends as `related`: the objects the customize hook asks for, as they are live."""
     rules = call(hook, "/customize", {"controller": COMPOSITE_CONTROLLER, "parent": parent})["relatedResources"]
     related: dict[str, dict[str, Body]] = {}
     for rule in rules:
-        assert rule["apiVersion"] == "v1"
-        assert rule["resource"] == "configmaps"
-        found = related.setdefault("ConfigMap.v1", {})
+        group = rule["apiVersion"].rpartition("/")[0]
         for name in rule["names"]:
-            configmap = get(plane, "configmap", rule["namespace"], name)
-            found[f"{rule['namespace']}/{name}"] = configmap
+            found = live(plane, f"{rule['resource']}.{group}".rstrip("."), rule["namespace"], name)
+            if found is not None:
+                kind = f"{found['kind']}.{found['apiVersion']}"
+                related.setdefault(kind, {})[f"{rule['namespace']}/{name}"] = found
     return related
 
 
@@ -219,3 +233,68 @@ def test_the_live_children_fed_back_give_the_same_children_and_a_status_that_set
     assert third["children"] == first["children"]
     assert third["status"] == second["status"]  # a fixed point: Metacontroller has nothing more to write
     assert third["status"]["keyPrefix"] == names.key_prefix(parent["metadata"]["name"])
+
+
+def live_children(plane: harness.ControlPlane, parent: Body) -> list[Body]:
+    proxy = names.proxy_name(parent["metadata"]["name"])
+    found = [live(plane, resource, C, proxy) for resource in ("deployments.apps", "services", "poddisruptionbudgets")]
+    return [child for child in found if child is not None]
+
+
+def test_a_refused_spec_changes_no_child_and_kubectl_get_shows_ready_false_with_the_reason(
+    installed: harness.ControlPlane, hook: httpx.Client, parent: Body
+) -> None:
+    """The spec is refused in the request only (`replicas: 0`, which the CRD refuses today): as an object stored
+    before the CRD's validation, or one a newer hook refuses, is seen. The children are live and applied as
+    Metacontroller applies them; the answer is applied the same way and its status written through /status."""
+    first = call(hook, "/sync", sync_request(installed, hook, parent, []))
+    apply_as_metacontroller(installed, parent, first["children"])
+    stored = write_status(installed, parent, first["status"])
+    before = live_children(installed, parent)
+    assert len(before) == 3
+    refused = copy.deepcopy(stored)
+    refused["spec"]["replicas"] = 0
+
+    answer = call(hook, "/sync", sync_request(installed, hook, refused, before))
+    apply_as_metacontroller(installed, parent, answer["children"])
+    write_status(installed, parent, answer["status"])
+
+    assert live_children(installed, parent) == before  # the same resourceVersions, fields and owners
+    assert sorted(child["kind"] for child in answer["children"]) == ["Deployment", "PodDisruptionBudget", "Service"]
+    name = parent["metadata"]["name"]
+    header, row = installed.kubectl("get", "etcdstorage", name).stdout.splitlines()
+    columns = dict(zip(header.split(), row.split(), strict=False))
+    assert (columns["NAME"], columns["READY"], columns["REASON"]) == (name, "False", "InvalidSpec")
+    [ready] = get(installed, "etcdstorage", "", name)["status"]["conditions"]
+    assert "spec.replicas" in ready["message"]
+    assert "children are kept" in ready["message"]
+
+    # Fixed, the next answer is the usual one again and Ready follows the children.
+    fixed = call(hook, "/sync", sync_request(installed, hook, get(installed, "etcdstorage", "", name), before))
+    assert fixed["children"] == first["children"]
+    assert {c["type"]: c["reason"] for c in fixed["status"]["conditions"]}["Deployed"] == "Deployed"
+
+
+def test_the_children_of_an_earlier_object_of_the_same_name_are_named_as_stale(
+    installed: harness.ControlPlane, hook: httpx.Client, parent: Body
+) -> None:
+    """As after deleting an EtcdStorage and creating it again before the garbage collector (none runs here) removed
+    the old one's children: Metacontroller hands none of them over, as they are another uid's."""
+    answer = call(hook, "/sync", sync_request(installed, hook, parent, []))
+    apply_as_metacontroller(installed, parent, answer["children"])
+    stranger = {**parent, "metadata": {**parent["metadata"], "uid": "00000000-0000-0000-0000-000000000001"}}
+
+    seen = call(hook, "/sync", sync_request(installed, hook, stranger, []))
+
+    conditions = {c["type"]: c for c in seen["status"]["conditions"]}
+    assert conditions["Deployed"]["reason"] == "StaleChild"
+    proxy = f"{C}/{names.proxy_name(parent['metadata']['name'])}"
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+        assert (
+            f"{kind} {proxy} belongs to EtcdStorage uid {parent['metadata']['uid']}"
+            in conditions["Deployed"]["message"]
+        )
+    assert conditions["ProxyAvailable"]["reason"] == "StaleChild"
+    # The job's report on <N>-ca-cert names the other uid as owner: not taken for this object's.
+    assert conditions["CertificatesReady"]["reason"] == "StaleCertificateReport"
+    assert conditions["Ready"]["status"] == "False"

@@ -24,6 +24,7 @@ from hooks.app import create_app
 from testbed import harness
 from tests.e2e.install import EXAMPLE_NAMESPACE, EXAMPLES, MANIFESTS, C, load, pod_dry_run, resource_versions
 from tests.support import asgi, objects
+from tests.support.manifests import one
 
 pytestmark = pytest.mark.e2e
 
@@ -197,7 +198,7 @@ def test_the_composite_controller_names_our_crd_and_every_child_type_the_hook_re
 
 def test_the_composite_controller_calls_the_hooks_through_the_hook_service_on_paths_it_serves() -> None:
     [controller] = load(COMPOSITE_CONTROLLER)
-    [service] = [document for document in load(MANIFESTS / "hook.yaml") if document["kind"] == "Service"]
+    service = one(MANIFESTS / "hook.yaml", "Service")  # as kustomize installs it, in the controller namespace
     [port] = service["spec"]["ports"]
     app = create_app(Settings())
 

@@ -1,4 +1,5 @@
-"""The HTTP edge: bad input becomes a 422 naming the problem, never a 500 and never a 200 with fewer children."""
+"""The HTTP edge: bad input becomes a 422 naming the problem, never a 500 and never a 200 with fewer children; a spec
+the hook refuses is a 200 that says why in status and hands every child back as Metacontroller last applied it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from etcdstorage.settings import Settings
 from hooks import app as app_module
+from hooks import applied, status
 from hooks import sync as sync_hooks
 from hooks.app import create_app
 from tests.support.asgi import get, post
@@ -57,20 +59,37 @@ def test_a_request_without_children_is_refused_naming_the_field() -> None:
     assert answer.json()["problems"] == ["children: Field required"]
 
 
-def test_an_invalid_spec_is_refused_with_every_problem(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_invalid_spec_is_answered_ready_false_naming_every_problem_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with caplog.at_level(logging.WARNING, logger="etcdstorage.hook"):
         answer = sync(sync_request(etcdstorage("calico", servingCertificateValidity="1d")))
+    assert answer.status_code == 200
+    [ready] = answer.json()["status"]["conditions"]
+    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "InvalidSpec")
+    assert "metadata.name: 'calico' is reserved" in ready["message"]
+    assert "spec.servingCertificateValidity" in ready["message"]
+    assert answer.json()["children"] == []  # it had none, and none is created for a spec the hook cannot read
+    assert "refused EtcdStorage name=calico" in caplog.text
+
+
+def test_an_invalid_spec_whose_children_carry_no_record_of_what_was_applied_is_refused_with_a_422() -> None:
+    request = captured("existing-children")
+    request["parent"]["spec"]["replicas"] = 0
+    [deployment] = request["children"]["Deployment.apps/v1"].values()
+    del deployment["metadata"]["annotations"][applied.LAST_APPLIED_ANNOTATION]  # adopted, never applied
+    answer = sync(request)
     assert answer.status_code == 422
-    body = answer.json()
-    assert body["error"] == "invalid_spec"
-    assert len(body["problems"]) == 2
-    assert "spec.servingCertificateValidity" in body["message"]
-    assert "name=calico" in caplog.text
+    assert answer.json()["error"] == "invalid_spec"
+    assert any("spec.replicas" in problem for problem in answer.json()["problems"])
 
 
-def test_customize_refuses_a_parent_without_a_usable_name() -> None:
+def test_customize_answers_nothing_for_a_parent_without_a_usable_name_so_that_its_sync_can_say_why() -> None:
     answer = post(APP, "/customize", json.dumps({"parent": {"metadata": {"name": "Bad.Name"}}}).encode())
-    assert answer.status_code == 422
+    assert answer.status_code == 200
+    assert answer.json() == {"relatedResources": []}
+    refused = sync(sync_request(etcdstorage("Bad.Name")))
+    assert status.ready_condition(refused.json()["status"])["reason"] == "InvalidSpec"
 
 
 def test_health_and_metrics_are_served_and_errors_are_counted_by_reason() -> None:
@@ -89,7 +108,9 @@ def test_health_and_metrics_are_served_and_errors_are_counted_by_reason() -> Non
 def test_a_mutated_request_gets_every_child_or_a_422_never_a_500(request: dict[str, Any]) -> None:
     answer = sync(request)
     assert answer.status_code in (200, 422), answer.text
-    if answer.status_code == 200 and answer.json()["children"] == []:
+    if answer.status_code == 200 and refused(answer.json()):
+        assert answer.json()["children"] == kept(request)
+    elif answer.status_code == 200 and answer.json()["children"] == []:
         # Only a parent being deleted may lose its children (a refused one is let go: see test_sync).
         assert request["finalizing"] is True
         assert answer.json()["finalized"] is True
@@ -120,11 +141,32 @@ def test_a_captured_request_broken_in_places_gets_every_child_or_a_4xx_never_a_5
     assert len(answer.content) < 100_000  # an answer is never a copy of what it refuses
     if answer.status_code == 422:
         assert answer.json()["problems"], "a refusal must say what is wrong"
+    elif refused(answer.json()):
+        assert answer.json()["children"] == kept(request)
     elif answer.json()["children"] == []:
         assert request["finalizing"] is True
         assert answer.json()["finalized"] is True
     else:
         assert [(c["kind"], c["metadata"]["name"]) for c in answer.json()["children"]] == expected_children(request)
+
+
+def refused(answer: dict[str, Any]) -> bool:
+    """Whether the answer refuses the spec; a refusal says why in the one condition it holds."""
+    ready = status.ready_condition(answer["status"])
+    if ready.get("reason") != status.INVALID_SPEC:
+        return False
+    assert answer["status"] == {"conditions": [ready]}
+    assert ready["status"] == "False"
+    assert "is invalid" in ready["message"]
+    return True
+
+
+def kept(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every observed child as Metacontroller last applied it: none dropped, none changed."""
+    children = [child for kind in sorted(request["children"]) for _, child in sorted(request["children"][kind].items())]
+    records = [applied.last_applied(child) for child in children]
+    assert None not in records
+    return [record for record in records if record is not None]
 
 
 limits = st.builds(
@@ -145,6 +187,8 @@ def test_under_any_limits_a_request_gets_every_child_or_a_4xx(mutated: Mutated, 
     assert answer.status_code in (200, 413, 422), answer.text
     if answer.status_code != 200:
         assert answer.json()["problems"]
+    elif refused(answer.json()):
+        assert answer.json()["children"] == kept(request)
     elif answer.json()["children"] != [] or not request["finalizing"]:
         assert [(c["kind"], c["metadata"]["name"]) for c in answer.json()["children"]] == expected_children(request)
 
@@ -155,6 +199,14 @@ def metric(app: Any, line: str) -> float:
         if sample.startswith(line + " "):
             return float(sample.rsplit(" ", 1)[1])
     return 0.0
+
+
+def invalid_spec_with_unrecorded_children() -> bytes:
+    request = captured("existing-children")
+    request["parent"]["metadata"]["name"] = "Bad.Name"
+    for child in request["children"]["Service.v1"].values():
+        child["metadata"]["annotations"] = {}
+    return body(request)
 
 
 def too_many_deployments() -> bytes:
@@ -170,8 +222,8 @@ def too_many_deployments() -> bytes:
         pytest.param("/sync", b'{"a":' * 60_000 + b"1" + b"}" * 60_000, 422, "invalid_json",
                      id="a body nested 60,000 objects deep"),
         pytest.param("/sync", b"{}", 422, "invalid_request", id="JSON that is no hook request"),
-        pytest.param("/sync", json.dumps(sync_request(etcdstorage("Bad.Name"))).encode(), 422, "invalid_spec",
-                     id="an invalid EtcdStorage"),
+        pytest.param("/sync", invalid_spec_with_unrecorded_children(), 422, "invalid_spec",
+                     id="an invalid EtcdStorage whose children cannot be handed back as applied"),
         pytest.param("/sync", too_many_deployments(), 422, "too_many_objects", id="more children than a kind may have"),
         pytest.param("/sync", b" " * (Settings().hook_max_body_bytes + 1), 413, "body_too_large",
                      id="a body over the size limit"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from etcdstorage import names, report
 from etcdstorage.settings import Settings
 from etcdstorage.spec import InvalidSpec
-from hooks import sync
+from hooks import applied, sync
 from hooks.wire import CustomizeRequest, SyncRequest
 from tests.support.objects import ORIGINAL_EXAMPLE, etcdstorage, sync_request
 from tests.support.reports import related, report_for
@@ -42,12 +43,41 @@ def observed_deployment(answer: dict[str, Any], available: int) -> dict[str, Any
     return deployment
 
 
-def with_children(request: dict[str, Any], answer: dict[str, Any], available: int = 3) -> dict[str, Any]:
+def with_children(
+    request: dict[str, Any], answer: dict[str, Any], available: int = 3, without: str = ""
+) -> dict[str, Any]:
+    """`request` with the children of `answer` observed (but `without`), as Metacontroller sends them: each with the
+    record of what it applied."""
     key = f"{NS}/{names.proxy_name(request['parent']['metadata']['name'])}"
     request = copy.deepcopy(request)
-    request["children"]["Deployment.apps/v1"] = {key: observed_deployment(answer, available)}
-    request["children"]["Service.v1"] = {key: kinds(answer)["Service"]}
+    observed = {
+        "Deployment.apps/v1": observed_deployment(answer, available),
+        "Service.v1": copy.deepcopy(kinds(answer)["Service"]),
+        "PodDisruptionBudget.policy/v1": copy.deepcopy(kinds(answer)["PodDisruptionBudget"]),
+    }
+    for kind, child in observed.items():
+        record = {field: value for field, value in child.items() if field != "status"}
+        record["metadata"] = {
+            field: value for field, value in child["metadata"].items() if field not in ("uid", "resourceVersion")
+        }
+        child["metadata"]["annotations"] = {applied.LAST_APPLIED_ANNOTATION: json.dumps(record)}
+        request["children"][kind] = {} if kind == without else {key: child}
     return request
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    reference = {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": "sample-apiserver", "uid": uid}
+    obj["metadata"]["ownerReferences"] = [reference]
+    return obj
+
+
+def ready_request() -> dict[str, Any]:
+    """A tenant with its report and every child observed: Ready."""
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
+    )
+    return with_children(request, run(request))
 
 
 def test_a_new_object_gets_its_deployment_service_and_disruption_budget_in_the_controller_namespace() -> None:
@@ -228,9 +258,104 @@ def test_finalizing_keeps_every_child_and_says_finalized() -> None:
     assert len(answer["children"]) == 3
 
 
-def test_an_invalid_spec_raises_instead_of_answering_with_fewer_children() -> None:
+@pytest.mark.parametrize(
+    ("missing", "kind"),
+    [
+        pytest.param("Service.v1", "Service", id="a missing Service"),
+        pytest.param("PodDisruptionBudget.policy/v1", "PodDisruptionBudget", id="a missing PodDisruptionBudget"),
+        pytest.param("Deployment.apps/v1", "Deployment", id="a missing Deployment"),
+    ],
+)
+def test_ready_requires_every_child(missing: str, kind: str) -> None:
+    request = sync_request(
+        ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(report_for(NOW)))
+    )
+    answer = run(with_children(request, run(request), without=missing))
+    ready, deployed = condition(answer, "Ready"), condition(answer, "Deployed")
+    assert ready["status"] == deployed["status"] == "False"
+    assert kind in deployed["message"]
+    if kind != "Deployment":  # a missing Deployment is first told by ProxyAvailable
+        assert (ready["reason"], ready["message"]) == ("Creating", deployed["message"])
+    assert len(answer["children"]) == 3
+
+
+def test_every_child_observed_is_deployed_and_ready() -> None:
+    answer = run(ready_request())
+    assert condition(answer, "Deployed")["message"] == "etcdproxy Deployment, Service and PodDisruptionBudget exist"
+    assert condition(answer, "Ready")["status"] == "True"
+
+
+def test_a_child_of_an_earlier_object_of_the_same_name_is_named_as_stale_not_missing() -> None:
+    """Recreated while the old object's children still exist: Metacontroller hands over none of them (they are the
+    old uid's), but the customize hook asked for them by name, so they arrive as related objects."""
+    request = ready_request()
+    key = f"{NS}/etcd-sample-apiserver"
+    old = request["children"].pop("Deployment.apps/v1")[key]
+    request["children"]["Deployment.apps/v1"] = {}
+    request["related"]["Deployment.apps/v1"] = {key: owned_by(old, "old-uid")}
+    answer = run(request)
+    proxy, deployed, ready = (
+        condition(answer, "ProxyAvailable"),
+        condition(answer, "Deployed"),
+        condition(answer, "Ready"),
+    )
+    assert proxy["reason"] == deployed["reason"] == ready["reason"] == "StaleChild"
+    assert (
+        f"Deployment {key} belongs to EtcdStorage uid old-uid, not to this EtcdStorage "
+        f"(uid {ORIGINAL_EXAMPLE['metadata']['uid']})" in deployed["message"]
+    )
+    assert "delete it" in deployed["message"]
+    assert answer["status"]["availableReplicas"] == 0  # the old object's proxies are not counted as this one's
+
+
+def test_a_related_child_that_is_also_handed_over_is_this_objects() -> None:
+    request = ready_request()
+    request["related"]["Service.v1"] = copy.deepcopy(request["children"]["Service.v1"])
+    assert condition(run(request), "Ready")["status"] == "True"
+
+
+def test_the_report_of_an_earlier_object_of_the_same_name_is_not_taken_for_this_ones() -> None:
+    request = ready_request()
+    [(key, configmap)] = request["related"]["ConfigMap.v1"].items()
+    request["related"]["ConfigMap.v1"][key] = owned_by(configmap, "old-uid")
+    answer = run(request)
+    certificates = condition(answer, "CertificatesReady")
+    assert (certificates["status"], certificates["reason"]) == ("False", "StaleCertificateReport")
+    assert condition(answer, "Ready")["reason"] == "StaleCertificateReport"
+    assert f"ConfigMap {key} belongs to EtcdStorage uid old-uid" in certificates["message"]
+    assert "certificates" not in answer["status"]
+    # Once the job has adopted it for this object too, its report is this object's.
+    adopted = owned_by(configmap, ORIGINAL_EXAMPLE["metadata"]["uid"])
+    adopted["metadata"]["ownerReferences"].insert(0, {**adopted["metadata"]["ownerReferences"][0], "uid": "old-uid"})
+    request["related"]["ConfigMap.v1"][key] = adopted
+    assert condition(run(request), "Ready")["status"] == "True"
+
+
+def test_an_invalid_spec_keeps_every_child_as_applied_and_says_why_in_ready() -> None:
+    request = ready_request()
+    previous = run(request)["status"]
+    request["parent"] = {**etcdstorage("sample-apiserver", replicas=0), "status": previous}
+    answer = run(request, now=NOW + timedelta(minutes=5))
+    assert answer["children"] == [
+        json.loads(child["metadata"]["annotations"][applied.LAST_APPLIED_ANNOTATION])
+        for kind in sorted(request["children"])
+        for child in request["children"][kind].values()
+    ]
+    [ready] = answer["status"]["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.replicas" in ready["message"]
+    assert ready["lastTransitionTime"] == "2026-11-21T12:05:00Z"  # it was True
+    assert answer["resyncAfterSeconds"] == 0  # only a new spec changes the answer
+    again = run({**request, "parent": {**request["parent"], "status": answer["status"]}}, now=NOW + timedelta(hours=1))
+    assert again == answer, "an unchanged observation gives the same answer (no hot loop)"
+
+
+def test_an_invalid_spec_whose_child_carries_no_record_raises_rather_than_change_it() -> None:
+    request = ready_request()
+    request["parent"] = etcdstorage("registry")
+    del request["children"]["Service.v1"][f"{NS}/etcd-sample-apiserver"]["metadata"]["annotations"]
     with pytest.raises(InvalidSpec, match="reserved"):
-        run(sync_request(etcdstorage("registry")))
+        run(request)
 
 
 def test_operator_settings_reach_the_children() -> None:
@@ -246,11 +371,15 @@ def test_operator_settings_reach_the_children() -> None:
     assert deployment["spec"]["replicas"] == 2
 
 
-def test_customize_asks_for_the_tenants_ca_configmap_only() -> None:
+def test_customize_asks_for_the_tenants_ca_configmap_and_the_objects_of_its_childrens_names() -> None:
     answer = sync.customize(CustomizeRequest.model_validate({"parent": ORIGINAL_EXAMPLE}), SETTINGS)
+    proxy = ["etcd-sample-apiserver"]
     assert answer.model_dump() == {
         "relatedResources": [
-            {"apiVersion": "v1", "resource": "configmaps", "namespace": NS, "names": ["sample-apiserver-ca-cert"]}
+            {"apiVersion": "v1", "resource": "configmaps", "namespace": NS, "names": ["sample-apiserver-ca-cert"]},
+            {"apiVersion": "apps/v1", "resource": "deployments", "namespace": NS, "names": proxy},
+            {"apiVersion": "v1", "resource": "services", "namespace": NS, "names": proxy},
+            {"apiVersion": "policy/v1", "resource": "poddisruptionbudgets", "namespace": NS, "names": proxy},
         ]
     }
 
