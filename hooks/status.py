@@ -21,7 +21,6 @@ READY: Final = "Ready"
 CERTIFICATES_READY: Final = "CertificatesReady"
 PROXY_AVAILABLE: Final = "ProxyAvailable"
 DEPLOYED: Final = "Deployed"  # the original's only condition, kept for tools written against it
-CONDITION_TYPES: Final = (READY, CERTIFICATES_READY, PROXY_AVAILABLE, DEPLOYED)
 INVALID_SPEC: Final = "InvalidSpec"  # Ready's reason while the hook refuses the spec and keeps the children as they are
 STALE_CHILD: Final = "StaleChild"  # an object of a child's name belongs to another owner
 STALE_REPORT: Final = "StaleCertificateReport"  # <N>-ca-cert reports for another EtcdStorage of the same name

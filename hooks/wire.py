@@ -1,6 +1,6 @@
 """Metacontroller's hook bodies, as pydantic models: liberal on input (unknown fields ignored), exact on output.
 
-Shapes from Metacontroller v4 (`pkg/controller/composite/api`); see docs/hook-protocol in the README.
+Shapes from Metacontroller v4.17 (`pkg/controller/composite/api/v1` and `pkg/controller/common/customize/api/v1`).
 """
 
 from __future__ import annotations
