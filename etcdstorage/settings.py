@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
-from etcdstorage import durations, names
+from etcdstorage import durations, names, spec
 
 ENV_PREFIX: Final = "ETCDSTORAGE_"
 # [registry[:port]/]path[:tag][@digest], as the kubelet reads an image reference; no whitespace, no scheme.
@@ -56,7 +56,7 @@ class Settings:
     hook_max_objects_per_kind: int = 16
     # Items of a list in an EtcdStorage spec, as the CRD's maxItems (32 destinations per list): a longer list is
     # refused whole, before a problem is named for each of its items.
-    hook_max_spec_list_items: int = 32
+    hook_max_spec_list_items: int = spec.MAX_DESTINATIONS
     # Requests read, parsed, answered and sent at once, the work in a worker thread; the others wait, their bodies
     # unread. Two, so that one slow request holds up no other: more buy no speed (one thread runs at a time under the
     # GIL), only memory.
