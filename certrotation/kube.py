@@ -1,29 +1,44 @@
 """The cert-rotation job's access to Kubernetes: the only module that imports the `kubernetes` client.
 
-Thin: objects go in and come out as plain dicts exactly as the API server serves them (Secret data base64), and
-failures become `ApiError` subclasses by HTTP status. No retries and no decisions here; `certrotation.job` makes them.
-Error messages are redacted so that nothing the API server echoes (it may quote a field value) reaches a log as is.
+Thin: objects go in and come out as plain dicts exactly as the API server serves them (Secret data base64), and every
+failure is one of the `KubeError` family below. No retries and no decisions here; `certrotation.apply` and
+`certrotation.job` make them. Error messages are redacted so that nothing the API server echoes (it may quote a field
+value) reaches a log as is.
+
+Errors, each raised `from` the client's exception it stands for::
+
+    KubeError                   any failure to use the Kubernetes API
+    ├── ConnectError            no in-cluster ServiceAccount and no usable kubeconfig: nothing was asked
+    ├── TransportError          no answer: connection refused or reset, TLS failure, timeout
+    ├── DecodingError           an answer that is not the JSON object the API promises
+    └── ApiError                an answer with an error status (`status`, `reason`, redacted `message`)
+        ├── ForbiddenError      403: the job's ServiceAccount lacks a permission
+        ├── NotFoundError       404: the object or the resource does not exist
+        └── ConflictError       409: a stale resourceVersion on update, or AlreadyExists on create
+
+The `kubernetes` package is imported when a connection is made, not with this module: the pure parts of the job
+(`certrotation.plan`) use `Kind` and `Ref` from here without paying for the client.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
-
-import kubernetes.client
-import kubernetes.config
-import urllib3
 
 from etcdstorage import names
 
+if TYPE_CHECKING:
+    import kubernetes.client
+
 REQUEST_TIMEOUT: Final = (5.0, 30.0)  # seconds to connect, seconds to read
 LIST_PAGE: Final = 250
-_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{40,}")  # base64 runs and the like: never echoed
+_LONG_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{40,}")  # base64 runs, tokens and the like: never echoed
 _MAX_MESSAGE: Final = 300
 
 
@@ -35,7 +50,39 @@ class Kind(enum.StrEnum):
 _PATHS: Final = {Kind.CONFIGMAP: "configmaps", Kind.SECRET: "secrets"}
 
 
-class ApiError(Exception):
+@dataclasses.dataclass(frozen=True)
+class Ref:
+    """Where an object of the job lives."""
+
+    kind: Kind
+    namespace: str
+    name: str
+    destination: bool = False  # pre-created by the API server's operator in its namespace: never created by the job
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+# --- Errors -----------------------------------------------------------------------------------------------------------
+
+
+class KubeError(Exception):
+    """Any failure to use the Kubernetes API; the message never carries key material or tokens."""
+
+
+class ConnectError(KubeError):
+    """No in-cluster ServiceAccount and no usable kubeconfig."""
+
+
+class TransportError(KubeError):
+    """The request got no answer: the API server is unreachable, the TLS handshake failed, or it timed out."""
+
+
+class DecodingError(KubeError):
+    """The API server answered with something other than the JSON object the API promises."""
+
+
+class ApiError(KubeError):
     """The API server refused or failed a request."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
@@ -55,6 +102,9 @@ class ForbiddenError(ApiError):
 
 class ConflictError(ApiError):
     """409: a stale resourceVersion on update, or AlreadyExists on create. Re-read and try again."""
+
+
+_BY_STATUS: Final[Mapping[int, type[ApiError]]] = {403: ForbiddenError, 404: NotFoundError, 409: ConflictError}
 
 
 class Api(Protocol):
@@ -122,6 +172,9 @@ class Kubernetes:
         return self._request("PUT", _path(kind, namespace, metadata["name"]), dict(body))
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import urllib3  # noqa: PLC0415 (already loaded by the client: see the module's docstring)
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -133,16 +186,21 @@ class Kubernetes:
             response = self._client.call_api(
                 method, url, header_params=headers, body=serialized, _request_timeout=REQUEST_TIMEOUT
             )
-        except kubernetes.client.exceptions.ApiException as error:
-            raise _error(int(error.status or 0), error.body or "") from None
+        except ApiException as error:
+            if not error.status:  # the client's way of saying that no answer came (a TLS failure)
+                raise TransportError(f"{method} {path}: {_redact(str(error.reason or 'no answer'))}") from error
+            raise _error(int(error.status), error.body or "") from error
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise ApiError(0, "Unreachable", f"{method} {path}: {type(error).__name__}") from None
+            raise TransportError(f"{method} {path}: {type(error).__name__}") from error
         data = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
             raise _error(response.status, data.decode("utf-8", "replace") if data else "")
-        parsed = json.loads(data)
+        try:
+            parsed = json.loads(data)
+        except ValueError as error:
+            raise DecodingError(f"{method} {path}: the answer is not JSON") from error
         if not isinstance(parsed, dict):
-            raise ApiError(response.status, "InvalidResponse", "the API server answered something other than an object")
+            raise DecodingError(f"{method} {path}: the answer is not a JSON object")
         return parsed
 
 
@@ -157,12 +215,11 @@ def list_all(api: Api, kind: Kind, namespace: str) -> list[dict[str, Any]]:
             return items
 
 
-class ConnectError(Exception):
-    """No in-cluster ServiceAccount and no usable kubeconfig."""
-
-
 def connect(kubeconfig: str | None = None) -> Kubernetes:
     """In the cluster: the pod's ServiceAccount. Elsewhere: `kubeconfig`, or $KUBECONFIG / ~/.kube/config."""
+    import kubernetes.client  # noqa: PLC0415 (see the module's docstring)
+    import kubernetes.config  # noqa: PLC0415
+
     configuration = kubernetes.client.Configuration()
     try:
         if kubeconfig is None and kubernetes.config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ:
@@ -170,7 +227,7 @@ def connect(kubeconfig: str | None = None) -> Kubernetes:
         else:
             kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException as error:
-        raise ConnectError(str(error)) from None
+        raise ConnectError(_redact(str(error))) from error
     return Kubernetes(kubernetes.client.ApiClient(configuration))
 
 
@@ -187,9 +244,9 @@ def _error(status: int, body: str) -> ApiError:
         parsed = None
     if isinstance(parsed, dict):
         reason, message = str(parsed.get("reason", "")), str(parsed.get("message", ""))
-    error_type = {404: NotFoundError, 403: ForbiddenError, 409: ConflictError}.get(status, ApiError)
-    return error_type(status, reason, message)
+    return _BY_STATUS.get(status, ApiError)(status, reason, message)
 
 
 def _redact(message: str) -> str:
+    """The message without long base64-like runs (certificates, keys, tokens a field may have held), cut short."""
     return _LONG_TOKEN.sub("[redacted]", message)[:_MAX_MESSAGE]

@@ -59,9 +59,11 @@ def key_algorithm(key: object) -> KeyAlgorithm | None:
     return None
 
 
-def new_ca(common_name: str, *, now: datetime, validity: timedelta, algorithm: KeyAlgorithm) -> KeyPair:
-    """A self-signed CA that may sign leaves only (path length 0)."""
-    key = new_key(algorithm)
+def new_ca(
+    common_name: str, *, now: datetime, validity: timedelta, algorithm: KeyAlgorithm, key: PrivateKey | None = None
+) -> KeyPair:
+    """A self-signed CA that may sign leaves only (path length 0), with `key` or a new key of `algorithm`."""
+    key = key if key is not None else new_key(algorithm)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     start = _whole_seconds(now)
     builder = (
@@ -75,12 +77,18 @@ def new_ca(common_name: str, *, now: datetime, validity: timedelta, algorithm: K
 
 
 def new_server_cert(
-    ca: KeyPair, hosts: list[str], *, now: datetime, validity: timedelta, algorithm: KeyAlgorithm
+    ca: KeyPair,
+    hosts: list[str],
+    *,
+    now: datetime,
+    validity: timedelta,
+    algorithm: KeyAlgorithm,
+    key: PrivateKey | None = None,
 ) -> KeyPair:
     """A serving certificate for `hosts` (DNS names or IP addresses); it never outlives its CA."""
     if not hosts:
         raise ValueError("a serving certificate needs at least one host name")
-    key = new_key(algorithm)
+    key = key if key is not None else new_key(algorithm)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     builder = (
         _leaf(ca, subject, key, now=now, validity=validity)
@@ -98,9 +106,10 @@ def new_client_cert(
     validity: timedelta,
     algorithm: KeyAlgorithm,
     organization: str | None = None,
+    key: PrivateKey | None = None,
 ) -> KeyPair:
     """A client certificate; `common_name=None` gives an empty subject Common Name."""
-    key = new_key(algorithm)
+    key = key if key is not None else new_key(algorithm)
     attributes = []
     if organization:
         attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))

@@ -156,3 +156,18 @@ def test_the_jobs_service_account_reads_no_secret_it_was_not_granted(
     assert granted.returncode == 0
     # In its own namespace it may get every Secret already; the list it needs there reads nothing more.
     assert installed.kubectl("get", "secrets", f"--namespace={C}", kubeconfig=kubeconfig).returncode == 0
+
+
+def test_kube_redacts_what_the_api_server_echoes_of_a_refused_value(
+    installed: harness.ControlPlane, api_client: ApiClient
+) -> None:
+    api = kube.Kubernetes(api_client)
+    namespace = f"kube-{secrets.token_hex(3)}"
+    installed.kubectl("create", "namespace", namespace)
+    echoed = base64.b64encode(secrets.token_bytes(45)).decode().replace("/", "_").replace("+", "-").rstrip("=") + "$"
+    body = {"metadata": {"name": "s"}, "data": {echoed: base64.b64encode(b"v").decode()}}  # `$`: not a valid key
+    with pytest.raises(kube.ApiError) as refused:
+        api.create(kube.Kind.SECRET, namespace, body)
+    assert (refused.value.status, refused.value.reason) == (422, "Invalid")
+    assert 'Secret "s" is invalid' in refused.value.message  # what the operator needs stays
+    assert echoed[:40] not in str(refused.value)  # the value the API server quoted does not

@@ -565,6 +565,61 @@ def test_minute_by_minute_every_consumer_that_reloads_in_time_keeps_working_and_
     assert connects(world.proxy(), frozen, T0 + 95 * MINUTE) is not None  # expired and no longer trusted
 
 
+# --- A staged CA waits for every bundle ----------------------------------------------------------------------------
+
+
+def withhold_second_serving_bundle(world: World) -> None:
+    world.api.forbid("update", kube.Kind.CONFIGMAP, APISERVER_NAMESPACE, "etcd-serving-ca-2")
+
+
+def withhold_client_bundle(world: World) -> None:
+    world.api.forbid("list", kube.Kind.CONFIGMAP, C)  # listed, it would be read anyway
+    world.api.forbid("get", kube.Kind.CONFIGMAP, C, names.client_ca_configmap(TENANT))
+
+
+@pytest.mark.parametrize(
+    ("withhold", "signed"),
+    [
+        pytest.param(withhold_second_serving_bundle, "serving", id="serving CA: one API server's bundle not written"),
+        pytest.param(withhold_client_bundle, "client", id="client CA: the proxies' bundle unreadable"),
+    ],
+)
+def test_a_staged_ca_signs_only_after_every_bundle_of_its_role_held_it_for_the_delay(
+    withhold: Any, signed: str
+) -> None:
+    """CAs of an hour: due at 40 minutes, a staged CA signs 6 minutes after every bundle holds it. While one bundle
+    of its role cannot get it, the staged CA never starts that delay, so no consumer meets a leaf it cannot verify."""
+    second = {"name": "etcd-serving-ca-2", "namespace": APISERVER_NAMESPACE}
+    world = new_world(
+        signingCertificateValidity="60m",
+        servingCertificateValidity="30m",
+        clientCertificateValidity="30m",
+        caCertConfigMap=[{"name": SERVING_CA, "namespace": APISERVER_NAMESPACE}, second],
+    )
+    world.settings = Settings(ca_propagation_delay=MINUTE)
+
+    def issuer() -> str:
+        material = world.proxy().server_cert if signed == "serving" else world.apiserver().client_cert
+        return pki.parse_certs(material)[0].issuer.rfc4514_string()
+
+    assert world.run(T0) == job.EXIT_OK
+    first = issuer()
+    withhold(world)
+    assert world.run(T0 + 41 * MINUTE) == job.EXIT_FAILURES  # staged, but not held by every bundle
+    assert world.run(T0 + 50 * MINUTE) == job.EXIT_FAILURES  # long past the delay, had it started
+    assert issuer() == first
+    held = (world.proxy(), world.apiserver(configmap="etcd-serving-ca-2"))
+    assert connects(*held, T0 + 50 * MINUTE) is None
+    world.api.forbidden.clear()
+    assert world.run(T0 + 51 * MINUTE) == job.EXIT_OK  # every bundle holds it now: the delay starts
+    assert world.run(T0 + 54 * MINUTE) == job.EXIT_OK
+    assert issuer() == first  # half the 9 minutes the current CA has left: not yet
+    assert world.run(T0 + 56 * MINUTE) == job.EXIT_OK
+    assert issuer() != first
+    for configmap in (SERVING_CA, "etcd-serving-ca-2"):
+        assert connects(world.proxy(), world.apiserver(configmap=configmap), T0 + 56 * MINUTE) is None
+
+
 # --- Logs ----------------------------------------------------------------------------------------------------------
 
 
