@@ -44,6 +44,9 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "purge-prefix" {
+		os.Exit(purgeCommand(os.Args[2:]))
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "tenant-proxy:", err)
 		os.Exit(2)
