@@ -2,7 +2,8 @@
 
 The edge: reads settings and the clock, maps failures to exit codes and logs what was done. Each tenant's pass is
 gather (`certrotation.gather`: one read of its objects) → plan (`certrotation.plan`: pure, the ordered writes) →
-apply (`certrotation.apply`: the writes, each only after those it needs), started again from fresh reads when a write
+apply (`certrotation.apply`: the writes, each only after those it needs) → the report of what was delivered (planned
+from the outcome, then written) and the Events (`certrotation.events`); started again from fresh reads when a write
 meets a concurrent change. Only `certrotation.kube` talks to Kubernetes. Never logs key material.
 """
 
@@ -15,7 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Final
 
-from certrotation import apply, fixes, gather, kube, plan
+from certrotation import apply, events, fixes, gather, kube, plan, purge
 from etcdstorage import settings as settings_module
 from etcdstorage.settings import Settings
 from etcdstorage.spec import EtcdStorage, InvalidSpec, parse
@@ -63,6 +64,7 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
     listed = _controller_namespace(api, settings.namespace)
     core = _core_certificate(api, settings, now, listed)
     summary = _Summary(tenants=len(objects), core_problem=bool(core.problem))
+    owners = plan.destination_owners(objects)  # one destination, one owner: never written alternately
     for obj in sorted(objects, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
         try:
             tenant = parse(obj)
@@ -70,7 +72,10 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
             summary.failed += 1
             _log(logging.ERROR, "tenant skipped: invalid spec", tenant=error.name, problem=str(error))
             continue
-        outcome = _reconcile(api, settings, tenant, core, now, listed=listed)
+        if tenant.deleting:  # no certificates for a going tenant; its keys go with deletionPolicy Delete
+            summary.failed += purge.going(api, settings, tenant, listed, now)
+            continue
+        outcome = _reconcile(api, settings, tenant, core, now, listed=listed, owners=owners)
         summary.issued += outcome.issued
         summary.written += outcome.written
         if outcome.failed:
@@ -149,25 +154,33 @@ def _reconcile(
     now: datetime,
     *,
     listed: gather.Listed | None,
+    owners: dict[kube.Ref, str],
 ) -> _Outcome:
-    """The tenant's gather → plan → apply, started again from fresh reads when a write meets a concurrent change
-    (bounded). The first attempt takes the controller namespace's objects from the pass's LIST; any later one GETs
-    every object again, so that what a write conflicted on, or what was created after the list, is read as it is."""
+    """The tenant's gather → plan → apply → report, started again from fresh reads when a write meets a concurrent
+    change (bounded). The first attempt takes the controller namespace's objects from the pass's LIST; any later one
+    GETs every object again, so that what a write conflicted on, or what was created after the list, is read as it
+    is. The report is written whatever else failed: it says what was delivered and what was not."""
     outcome = _Outcome()
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            snapshot = gather.tenant(api, settings, tenant, core, listed if attempt == 1 else None)
+            snapshot = gather.tenant(api, settings, tenant, core, listed if attempt == 1 else None, owners=owners)
             planned = plan.plan(snapshot, settings, now)
             applied = apply.writes(api, planned.writes, settings.namespace)
+            reported = plan.report_of(planned, applied.unsent)
+            written = [] if applied.stale or reported.write is None else [reported.write]
+            report = apply.writes(api, written, settings.namespace, versions=applied.versions)
         except Exception:  # a bug must not keep the other tenants from their certificates
             log.exception("tenant failed: unexpected error", extra={"fields": {"tenant": tenant.name}})
             outcome.failed = True
             return outcome
         _tell_written(tenant, applied.written, outcome)
-        if applied.stale:
+        done = [event for write in applied.written for event in write.events]
+        if applied.stale or report.stale:
+            _record(api, settings, tenant, done, now)
             _log(logging.WARNING, "write conflict: reading the tenant again", tenant=tenant.name, attempt=attempt)
             continue
-        problems = [*planned.problems, *applied.failures]
+        outcome.written += len(report.written)
+        problems = [*planned.problems, *applied.failures, *report.failures]
         for problem in problems:
             _log(
                 logging.ERROR,
@@ -178,7 +191,10 @@ def _reconcile(
                 problem=problem.problem,
                 fix=problem.fix,
             )
-        outcome.failed = bool(problems)
+        for lost in planned.lost:
+            _tell_lost(tenant, snapshot.signer.ref, lost)
+        _record(api, settings, tenant, [*done, *planned.lost, *reported.events], now)
+        outcome.failed = bool(problems or planned.lost)
         return outcome
     _log(
         logging.ERROR,
@@ -209,7 +225,7 @@ def _tell_written(tenant: EtcdStorage, written: tuple[plan.Write, ...], outcome:
                     reasons=list(event.reasons),
                 )
                 outcome.issued += event.action in ("issued", "staged")
-            else:
+            elif isinstance(event, plan.CertificateIssued):
                 _log(
                     logging.INFO,
                     "certificate issued",
@@ -218,8 +234,36 @@ def _tell_written(tenant: EtcdStorage, written: tuple[plan.Write, ...], outcome:
                     object=str(event.ref),
                     reasons=list(event.reasons),
                     not_after=rfc3339(event.not_after),
+                    replaced_issuer=event.replaced_issuer or None,
                 )
                 outcome.issued += 1
+
+
+def _tell_lost(tenant: EtcdStorage, signer: kube.Ref, lost: plan.SignerLost) -> None:
+    """The loud part of a signer's recovery: an error on every pass until it completes."""
+    problem = fixes.signer_lost(signer, str(lost.role), lost.trusted)
+    _log(
+        logging.ERROR,
+        "signer lost: recovering with overlap",
+        tenant=tenant.name,
+        role=lost.role,
+        object=str(signer),
+        problem=problem.problem,
+        fix=problem.fix,
+    )
+
+
+def _record(api: kube.Api, settings: Settings, tenant: EtcdStorage, told: list[plan.Event], now: datetime) -> None:
+    """The pass's Events on the EtcdStorage; one that cannot be written is a warning, never a failure."""
+    for event, error in apply.record(api, events.build(tenant, settings.namespace, told, now)):
+        _log(
+            logging.WARNING,
+            "event not recorded",
+            tenant=tenant.name,
+            reason=event["reason"],
+            **_error_fields(error),
+            fix=fixes.events_unrecorded(error),
+        )
 
 
 def _error_fields(error: kube.KubeError) -> dict[str, object]:

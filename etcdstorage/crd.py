@@ -201,6 +201,16 @@ def _spec_schema() -> dict[str, Any]:
                 "minimum": 1,
                 "maximum": spec.MAX_REPLICAS,
             },
+            "deletionPolicy": {
+                "description": (
+                    "What becomes of this API server's keys in the core etcd when the EtcdStorage is deleted: "
+                    "Retain keeps them; Delete has the cert-rotation job delete every key under the prefix before "
+                    "the object goes (status shows how many remain)."
+                ),
+                "type": "string",
+                "enum": _Flow([policy.value for policy in spec.DeletionPolicy]),
+                "default": spec.DeletionPolicy.RETAIN.value,
+            },
         },
     }
 
@@ -293,6 +303,11 @@ def _status_schema() -> dict[str, Any]:
             "keyPrefix": {"type": "string"},
             "replicas": dict(replicas),
             "availableReplicas": dict(replicas),
+            "keysRemaining": {
+                "description": "While a Delete policy's keys are deleted: how many the cert-rotation job last counted.",
+                "type": "integer",
+                "format": "int64",
+            },
             "certificates": {
                 "type": "object",
                 "additionalProperties": {

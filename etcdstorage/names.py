@@ -59,9 +59,19 @@ MANAGED_BY_JOB: Final = "etcdstorage-cert-rotation"
 # Written by the job on <N>-ca-cert, read by the hook (which never sees a Secret).
 ANNOTATION_CERTIFICATES: Final = f"{GROUP}/certificates"  # JSON: notBefore/notAfter/renewalTime per certificate
 ANNOTATION_CORE_CERT_PROBLEM: Final = f"{GROUP}/core-client-certificate-problem"  # "" when fine
+ANNOTATION_REPORT_FOR: Final = f"{GROUP}/report-for"  # the uid of the EtcdStorage the report was written for
+ANNOTATION_DELIVERIES: Final = f"{GROUP}/deliveries"  # JSON: per object, whether the last pass delivered it, or why not
+ANNOTATION_SIGNER_LOST: Final = f"{GROUP}/signer-lost"  # why a CA is being recovered with overlap; "" when none is
+ANNOTATION_KEY_DELETION: Final = f"{GROUP}/key-deletion"  # JSON: the deletion of a going tenant's keys (Delete)
 # The original's annotations on the Secrets it wrote, kept on ours for tools that read them.
 ANNOTATION_EXPIRY_DATE: Final = f"{GROUP}/certificate-expiry-date"
 ANNOTATION_SIGNED_BY: Final = f"{GROUP}/certificate-signed-by"
+
+# --- Events ----------------------------------------------------------------------------------------------------
+# Where the job's Events about an EtcdStorage go: the API server accepts the Events of a cluster-scoped object only in
+# `default` (and, with an eventTime, kube-system), and `kubectl describe` lists them from every namespace.
+EVENTS_NAMESPACE: Final = "default"
+EVENTS_COMPONENT: Final = MANAGED_BY_JOB  # source.component and reportingComponent of the job's Events
 
 # --- Per tenant ---------------------------------------------------------------------------------------------------
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

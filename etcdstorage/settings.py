@@ -35,6 +35,9 @@ class Settings:
     core_cert_secret: str = names.CORE_CERT_SECRET
     proxy_image: str = "etcdstorage-proxy:0.1.0"  # the tenant proxy, built from tenant-proxy/ (its Dockerfile)
     key_prefix_root: str = names.DEFAULT_PREFIX_ROOT
+    # The job: the tenant proxy's binary, which deletes a going tenant's keys (deletionPolicy Delete); on PATH in the
+    # image (/usr/local/bin).
+    tenant_proxy_binary: str = "tenant-proxy"
     cluster_domain: str = "cluster.local"
     replicas: int = 3
     # Seconds until Metacontroller calls again while waiting for certificates or for proxies to become available.
@@ -79,6 +82,13 @@ def _urls(value: str) -> tuple[str, ...]:
             raise ValueError(f"{url!r}: an etcd client URL has a scheme, a host and a port only")
         parsed.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     return urls
+
+
+def _command(value: str) -> str:
+    """A program: a name looked up on PATH, or an absolute path; nothing a shell would read differently."""
+    if not re.fullmatch(r"[A-Za-z0-9._/+-]+", value) or ("/" in value and not value.startswith("/")):
+        raise ValueError("expected a program name on PATH or an absolute path, such as 'tenant-proxy'")
+    return value
 
 
 def _prefix_root(value: str) -> str:
@@ -140,6 +150,7 @@ _PARSERS: Final = {
     "CORE_CERT_SECRET": ("core_cert_secret", _dns_subdomain),
     "PROXY_IMAGE": ("proxy_image", _image),
     "KEY_PREFIX_ROOT": ("key_prefix_root", _prefix_root),
+    "TENANT_PROXY_BINARY": ("tenant_proxy_binary", _command),
     "CLUSTER_DOMAIN": ("cluster_domain", _dns_subdomain),
     "REPLICAS": ("replicas", _positive_int),
     "WAITING_RESYNC_SECONDS": ("waiting_resync_seconds", _positive_int),

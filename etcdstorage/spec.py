@@ -41,6 +41,13 @@ class KeyAlgorithm(enum.StrEnum):
     RSA_4096 = "RSA4096"
 
 
+class DeletionPolicy(enum.StrEnum):
+    """What becomes of the tenant's keys in the core etcd when its EtcdStorage is deleted."""
+
+    RETAIN = "Retain"  # kept (the original's behaviour, and the default): recreate the object to see them again
+    DELETE = "Delete"  # deleted by the cert-rotation job before the object goes (a finalize hook holds it)
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class Destination:
     namespace: str
@@ -81,6 +88,8 @@ class EtcdStorage:
     key_algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256
     replicas: int | None = None  # None: the operator's default (settings)
     renew_before: timedelta | None = None  # None: a third of each certificate's lifetime
+    deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
+    deleting: bool = False  # metadata.deletionTimestamp is set: the object is going
 
 
 def name_problems(name: object) -> list[str]:
@@ -174,6 +183,15 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
             elif shortest is not None and renew_before >= shortest:
                 problems.append(Problem("spec.renewBefore", "must be shorter than every certificate validity"))
 
+    policy = DeletionPolicy.RETAIN
+    raw_policy = spec.get("deletionPolicy")
+    if raw_policy is not None:
+        try:
+            policy = DeletionPolicy(raw_policy)
+        except ValueError:
+            allowed = ", ".join(p.value for p in DeletionPolicy)
+            problems.append(Problem("spec.deletionPolicy", f"must be one of {allowed}, got {_shown(raw_policy)}"))
+
     uid = metadata.get("uid", "")
     generation = metadata.get("generation", 0)
     if problems:
@@ -192,6 +210,8 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
         key_algorithm=algorithm,
         replicas=replicas,
         renew_before=None if renew_before is None else durations.to_timedelta(renew_before),
+        deletion_policy=policy,
+        deleting=metadata.get("deletionTimestamp") is not None,
     )
 
 

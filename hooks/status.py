@@ -264,3 +264,14 @@ def _is_rfc3339(value: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def going(reason: str, message: str, *, previous: Any, now: datetime, remaining: int | None) -> dict[str, Any]:
+    """The status of an EtcdStorage being deleted whose keys the job is deleting: Ready False with why it is still
+    here, and the keys left as the job last counted them (absent when not counted)."""
+    result: dict[str, Any] = {
+        "conditions": _with_transition_times([Condition(READY, False, reason, message)], previous, now)
+    }
+    if remaining is not None:
+        result["keysRemaining"] = remaining
+    return result

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from etcdstorage import names, report, spec
 from etcdstorage.settings import Settings
-from hooks import applied, children, status
+from hooks import applied, children, finalize, status
 from hooks.wire import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -54,6 +54,10 @@ def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncRespons
         # and a refusal here would keep Metacontroller's finalizer on it forever.
         previous = request.parent.status if isinstance(request.parent.status, dict) else {}
         return SyncResponse(status=previous, children=[], finalized=True)
+    if request.finalizing and tenant.deletion_policy is spec.DeletionPolicy.DELETE:
+        where = f"{settings.namespace}/{names.client_ca_configmap(tenant.name)}"
+        report_configmap = _find(request.related, CONFIGMAPS, where)
+        return finalize.answer(tenant, report_configmap, settings, previous=request.parent.status, now=now)
     observed = _observe(request, tenant, settings)
     # Status describes what was observed, before the desired state is built.
     current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)

@@ -12,6 +12,7 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"etcdstorage.local/tenant-proxy/internal/purge"
 )
@@ -71,7 +72,7 @@ func purgeRun(prefix string, endpoints []string, tlsInfo transport.TLSInfo, batc
 		Endpoints:   endpoints,
 		TLS:         tlsConfig,
 		DialTimeout: 5 * time.Second,
-		Logger:      upstreamLogger(),
+		Logger:      zap.NewNop(), // the one error that matters is returned, and printed as the last line
 	})
 	if err != nil {
 		return purge.Result{Prefix: prefix}, fmt.Errorf("core etcd client: %w", err)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from etcdstorage.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {"hooks", "etcdstorage", "certrotation"}
 
@@ -103,3 +105,5 @@ def test_the_manifests_and_the_image_run_the_console_scripts_of_the_installed_pa
         assert f"COPY {package}/ {package}/" in dockerfile
     [cmd] = re.findall(r'^CMD \["([^"]+)"', dockerfile, re.MULTILINE)
     assert cmd in scripts()
+    # The job runs `tenant-proxy purge-prefix` (settings' default program name) from PATH in the same image.
+    assert f"COPY --from=proxy /out/tenant-proxy /usr/local/bin/{Settings().tenant_proxy_binary}" in dockerfile

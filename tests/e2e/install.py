@@ -94,8 +94,11 @@ def tenant_from_example(
     return tenant, namespace
 
 
-def run_job(plane: harness.ControlPlane, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m certrotation` as the CronJob runs it, with the job ServiceAccount's token instead of a mounted one."""
+def run_job(
+    plane: harness.ControlPlane, tmp_path: Path, settings: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m certrotation` as the CronJob runs it, with the job ServiceAccount's token instead of a mounted one,
+    and `settings` (ETCDSTORAGE_* variables) on top of the defaults."""
     token = plane.token(C, job.SERVICE_ACCOUNT)
     kubeconfig = plane.kubeconfig_for_token(token, tmp_path / "job.kubeconfig")
     environment = {
@@ -103,6 +106,7 @@ def run_job(plane: harness.ControlPlane, tmp_path: Path) -> subprocess.Completed
         "KUBECONFIG": str(kubeconfig),
         "ETCDSTORAGE_NAMESPACE": C,
         "NO_PROXY": "*",
+        **(settings or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "certrotation"],

@@ -203,8 +203,9 @@ def test_the_composite_controller_calls_the_hooks_through_the_hook_service_on_pa
     app = create_app(Settings())
 
     hooks = controller["spec"]["hooks"]
-    assert sorted(hooks) == ["customize", "sync"]
-    for hook, path in (("sync", "/sync"), ("customize", "/customize")):
+    assert sorted(hooks) == ["customize", "finalize", "sync"]
+    # finalize is the sync handler: it branches on `finalizing` (hooks/finalize.py for deletionPolicy Delete)
+    for hook, path in (("sync", "/sync"), ("finalize", "/sync"), ("customize", "/customize")):
         webhook = hooks[hook]["webhook"]
         assert "url" not in webhook  # a URL would win over the Service
         assert webhook["service"] == {

@@ -130,6 +130,10 @@ CASES: list[Case] = [
         caCertConfigMap=[{"name": "a." * 126 + "ab", "namespace": "a"}],
     ),
     refused("an unknown key algorithm", "spec.keyAlgorithm", keyAlgorithm="DSA"),
+    accepted("deletionPolicy Delete", deletionPolicy="Delete"),
+    accepted("deletionPolicy Retain", deletionPolicy="Retain"),
+    refused("a deletion policy in the wrong case", "spec.deletionPolicy", deletionPolicy="delete"),
+    refused("a deletion policy that is not a string", "spec.deletionPolicy", deletionPolicy=1),
     refused("zero replicas", "spec.replicas", replicas=0),
     refused("more replicas than the most", "spec.replicas", replicas=spec.MAX_REPLICAS + 1),
     refused("replicas as a string", "spec.replicas", replicas="3"),
@@ -185,6 +189,7 @@ specs = st.fixed_dictionaries(
         "clientCertSecret": destination_lists,
         "keyAlgorithm": st.sampled_from([*(algorithm.value for algorithm in spec.KeyAlgorithm), "DSA", "rsa2048"]),
         "replicas": st.one_of(st.integers(min_value=-1, max_value=spec.MAX_REPLICAS + 1), st.just("3")),
+        "deletionPolicy": st.sampled_from([*(policy.value for policy in spec.DeletionPolicy), "Orphan", "delete"]),
     },
 )
 objects = st.builds(

@@ -62,6 +62,9 @@ def test_a_key_prefix_root_that_could_reach_another_systems_keys_stops_the_proce
         ("NAMESPACE", "kube.system"),
         ("REPLICAS", "0"),
         ("CA_PROPAGATION_DELAY", "ten minutes"),
+        ("TENANT_PROXY_BINARY", "tenant-proxy; rm -rf /"),
+        ("TENANT_PROXY_BINARY", "bin/tenant-proxy"),
+        ("TENANT_PROXY_BINARY", ""),
     ],
 )
 def test_a_bad_value_stops_the_process_naming_the_variable(variable: str, value: str) -> None:
@@ -79,6 +82,7 @@ def test_a_bad_value_stops_the_process_naming_the_variable(variable: str, value:
         ("PROXY_IMAGE", "etcdstorage-proxy@sha256:" + "a" * 64, "proxy_image", "etcdstorage-proxy@sha256:" + "a" * 64),
         ("CLUSTER_DOMAIN", "cluster.local", "cluster_domain", "cluster.local"),
         ("CORE_CERT_SECRET", "etcd-healthcheck-client", "core_cert_secret", "etcd-healthcheck-client"),
+        ("TENANT_PROXY_BINARY", "/usr/local/bin/tenant-proxy", "tenant_proxy_binary", "/usr/local/bin/tenant-proxy"),
     ],
 )  # fmt: skip
 def test_good_values_are_read_as_given(variable: str, value: str, field: str, expected: object) -> None:

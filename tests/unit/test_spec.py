@@ -173,3 +173,12 @@ def test_a_problem_quotes_a_huge_value_briefly(change: dict[str, Any]) -> None:
     with pytest.raises(spec.InvalidSpec) as refused:
         spec.parse(etcdstorage(**change))
     assert len(str(refused.value)) < 300
+
+
+def test_the_deletion_policy_is_retain_unless_delete_is_asked_for_and_deletion_is_read_from_metadata() -> None:
+    assert spec.parse(etcdstorage("a")).deletion_policy is spec.DeletionPolicy.RETAIN
+    assert spec.parse(etcdstorage("a", deletionPolicy="Delete")).deletion_policy is spec.DeletionPolicy.DELETE
+    assert not spec.parse(etcdstorage("a")).deleting
+    going = etcdstorage("a", deletionPolicy="Delete")
+    going["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    assert spec.parse(going).deleting
