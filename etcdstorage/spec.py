@@ -12,7 +12,7 @@ import enum
 import re
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from etcdstorage import durations, names
 
@@ -155,14 +155,7 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
     configmaps = _destinations(spec, "caCertConfigMap", max_list_items, problems)
     secrets = _destinations(spec, "clientCertSecret", max_list_items, problems)
 
-    algorithm = KeyAlgorithm.ECDSA_P256
-    raw_algorithm = spec.get("keyAlgorithm")
-    if raw_algorithm is not None:
-        try:
-            algorithm = KeyAlgorithm(raw_algorithm)
-        except ValueError:
-            allowed = ", ".join(a.value for a in KeyAlgorithm)
-            problems.append(Problem("spec.keyAlgorithm", f"must be one of {allowed}, got {_shown(raw_algorithm)}"))
+    algorithm = _choice(spec, "keyAlgorithm", KeyAlgorithm.ECDSA_P256, problems)
 
     replicas = spec.get("replicas")
     if replicas is not None and (
@@ -183,14 +176,7 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
             elif shortest is not None and renew_before >= shortest:
                 problems.append(Problem("spec.renewBefore", "must be shorter than every certificate validity"))
 
-    policy = DeletionPolicy.RETAIN
-    raw_policy = spec.get("deletionPolicy")
-    if raw_policy is not None:
-        try:
-            policy = DeletionPolicy(raw_policy)
-        except ValueError:
-            allowed = ", ".join(p.value for p in DeletionPolicy)
-            problems.append(Problem("spec.deletionPolicy", f"must be one of {allowed}, got {_shown(raw_policy)}"))
+    policy = _choice(spec, "deletionPolicy", DeletionPolicy.RETAIN, problems)
 
     uid = metadata.get("uid", "")
     generation = metadata.get("generation", 0)
@@ -213,6 +199,22 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
         deletion_policy=policy,
         deleting=metadata.get("deletionTimestamp") is not None,
     )
+
+
+_Choice = TypeVar("_Choice", bound=enum.StrEnum)
+
+
+def _choice(spec: Mapping[str, Any], field: str, default: _Choice, problems: list[Problem]) -> _Choice:
+    """The enum value of `spec[field]`, `default` when it is absent; a problem naming the choices when it is none."""
+    raw = spec.get(field)
+    if raw is None:
+        return default
+    try:
+        return type(default)(raw)
+    except ValueError:
+        allowed = ", ".join(choice.value for choice in type(default))
+        problems.append(Problem(f"spec.{field}", f"must be one of {allowed}, got {_shown(raw)}"))
+        return default
 
 
 def _nanoseconds(value: timedelta) -> int:
