@@ -24,24 +24,18 @@ done
 [[ -n "$minor" ]] || usage
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/cache.sh"
 module="$here/etcd-v$minor"
 server=go.etcd.io/etcd/server/v3
 if [[ ! -f "$module/go.mod" ]]; then
   echo "error: $module/go.mod is missing" >&2
   exit 1
 fi
-version="$(awk -v server="$server" '
-  { for (i = 1; i < NF; i++) if ($i == server && $(i + 1) ~ /^v[0-9]/) { print $(i + 1); exit } }
-' "$module/go.mod")"
-if [[ -z "$version" ]]; then
-  echo "error: no '$server vX.Y.Z' requirement in $module/go.mod" >&2
-  exit 1
-fi
+version="$(require_module_version "$module" "$server")"
 if [[ "$version" != "v$minor".* ]]; then
   echo "error: $module/go.mod pins $server $version, which is not etcd $minor" >&2
   exit 1
 fi
-cache="${ETCDSTORAGE_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/etcdstorage-e2e}"
 binary="$cache/etcd-$version"
 
 if [[ -n "$path_only" ]]; then
@@ -49,32 +43,10 @@ if [[ -n "$path_only" ]]; then
   exit 0
 fi
 
-if [[ -x "$binary" ]]; then
-  echo "$binary"
-  exit 0
-fi
-
-if ! command -v go >/dev/null 2>&1; then
-  go_directive="$(awk '$1 == "go" { print $2; exit }' "$module/go.mod")"
-  echo "error: 'go' is not on PATH; install Go >= $go_directive to build etcd $version" \
-    "(or put an etcd $version binary at $binary)" >&2
-  exit 1
-fi
-
-mkdir -p "$cache"
-# One build of this binary at a time per cache (parallel test sessions would otherwise each build it). The lock is
-# per binary, so an etcd build does not queue behind a long kube-apiserver build holding .build.lock.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$cache/.build-etcd-$version.lock"
-  flock 9
-  if [[ -x "$binary" ]]; then
-    echo "$binary"
-    exit 0
-  fi
-fi
-
-workdir="$(mktemp -d "$cache/.build-etcd-$version.XXXXXX")"
-trap 'rm -rf "$workdir"' EXIT
+cache_hit "$binary"
+require_go "$module" "etcd $version" "or put an etcd $version binary at $binary"
+cache_lock "$binary"
+cache_workdir "$binary"
 
 # etcd's version is a constant of go.etcd.io/etcd/api/v3/version, so `etcd --version` and the status RPC report the
 # pinned release by themselves. The only thing etcd's own build stamps is the Git SHA, which the module proxy does not
@@ -90,6 +62,5 @@ if [[ "v$reported" != "$version" ]]; then
   echo "error: the etcd built from $server $version reports version '${reported:-?}'" >&2
   exit 1
 fi
-mv -f "$workdir/etcd" "$binary"
 echo "built etcd $version in $((SECONDS - started))s" >&2
-echo "$binary"
+cache_install "$workdir/etcd" "$binary"
