@@ -19,6 +19,9 @@ SECRET_FILE_MODE: Final = 0o440  # readable by the pod's group (fsGroup) only
 SHUTDOWN_DELAY_SECONDS: Final = 5
 SHUTDOWN_TIMEOUT_SECONDS: Final = 15
 GRACE_PERIOD_SECONDS: Final = SHUTDOWN_DELAY_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 10
+# A proxy killed for failing its liveness probe is hung and handles no SIGTERM: the pod's grace period would only delay
+# its restart (by all of its 30 s, on a real node). This kill leaves the time to go unready, not to drain.
+LIVENESS_KILL_GRACE_SECONDS: Final = SHUTDOWN_DELAY_SECONDS
 
 
 def desired(tenant: EtcdStorage, settings: Settings) -> list[dict[str, Any]]:
@@ -156,6 +159,7 @@ def _proxy(tenant: str, settings: Settings) -> dict[str, Any]:
             "periodSeconds": 10,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
+            "terminationGracePeriodSeconds": LIVENESS_KILL_GRACE_SECONDS,
         },
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": _container_security(),

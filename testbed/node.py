@@ -23,13 +23,14 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -466,6 +467,7 @@ def kubelet_config(layout: Layout, plane: harness.ControlPlane, *, port: int, he
         "serializeImagePulls": False,
         "maxPods": 30,
         "clusterDomain": "cluster.local",
+        "clusterDNS": [NODE_IP],  # answered by `dns` while a test runs it
         "resolvConf": "/etc/resolv.conf",
     }
 
@@ -602,6 +604,29 @@ class Node:
     def logs(self) -> str:
         """The last lines of every process's log, for a failing test's message."""
         return "\n".join(f"--- {process.name}:\n{process.log_tail(30)}" for process in self.processes)
+
+    def container_cgroup(self, container_id: str, hierarchy: str) -> Path:
+        """The cgroup directory of a running container (`containerID` of a pod's status, `containerd://<id>`) in one
+        v1 hierarchy (memory, pids, ...): kubelet puts it under its QoS class and pod, named by the id."""
+        bare = container_id.rpartition("://")[2]
+        found = [path for path in (CGROUP_MOUNT / hierarchy / CGROUP_ROOT).rglob(bare) if path.is_dir()]
+        if len(found) != 1:
+            raise NodeError(f"container {bare}: expected one cgroup in {hierarchy}, found {found}")
+        return found[0]
+
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a running container's first process (its init, for the single-process images here)."""
+        procs = _read_lines(self.container_cgroup(container_id, "pids") / "cgroup.procs")
+        if not procs:
+            raise NodeError(f"container {container_id} has no process")
+        return min(map(int, procs))
+
+    def container_log(self, pod: Mapping[str, Any], container: str, restart: int) -> Path:
+        """The log kubelet writes for one run of a pod's container (CRI format: "<time> <stream> <tag> <line>"):
+        `kubectl logs` cannot reach this node (its name does not resolve), the file is read instead."""
+        metadata = pod["metadata"]
+        directory = f"{metadata['namespace']}_{metadata['name']}_{metadata['uid']}"
+        return Layout(self.directory).pod_logs / directory / container / f"{restart}.log"
 
 
 @contextlib.contextmanager
@@ -744,6 +769,66 @@ def relay(port: int, *, host: str = harness.LOOPBACK) -> Iterator[int]:
                 connection.shutdown(socket.SHUT_RDWR)
             connection.close()
         server.join(5)
+
+
+DNS_PORT: Final = 53  # where kubelet's clusterDNS points every ClusterFirst pod (it cannot name another port)
+DNS_TTL: Final = 5  # seconds
+_DNS_A: Final = 1
+_DNS_IN: Final = 1
+_DNS_NXDOMAIN: Final = 3
+
+
+@contextlib.contextmanager
+def dns(records: Mapping[str, str]) -> Iterator[None]:
+    """The pods' cluster DNS for the duration of the block: `records` (a name, as a pod looks it up, without a
+    search domain -> an IPv4 address) answered at the node IP, NXDOMAIN for every other name. No Service names:
+    the node runs no kube-proxy, so a ClusterIP would lead nowhere. Pods with the default dnsPolicy (ClusterFirst)
+    ask here, so a pod spec as the hook writes it can name the core etcd by a name its certificate carries."""
+    table = {name.lower().rstrip("."): socket.inet_aton(address) for name, address in records.items()}
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((NODE_IP, DNS_PORT))
+    server.settimeout(0.2)  # closing a socket does not wake a thread blocked on it: the loop looks at `done`
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                query, client = server.recvfrom(512)
+            except TimeoutError:
+                continue
+            if answer := _dns_answer(query, table):
+                server.sendto(answer, client)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+
+
+def _dns_answer(query: bytes, table: Mapping[str, bytes]) -> bytes | None:
+    """The response to one DNS query (RFC 1035 4.1): the A record of a known name, no record for its other types,
+    NXDOMAIN for an unknown name; None for what is not a query of one question."""
+    if len(query) < 12 or query[2] & 0x80 or int.from_bytes(query[4:6]) != 1:
+        return None
+    labels, offset = [], 12
+    while offset < len(query) and (length := query[offset]):
+        labels.append(query[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+    question_end = offset + 5  # the name's zero octet, QTYPE and QCLASS
+    if length or question_end > len(query):
+        return None  # a compressed or truncated name: never in a question a resolver sends
+    qtype = int.from_bytes(query[offset + 1 : offset + 3])
+    address = table.get(".".join(labels).lower())
+    answers = b""
+    if address is not None and qtype == _DNS_A:
+        answers = b"\xc0\x0c" + struct.pack("!HHIH", _DNS_A, _DNS_IN, DNS_TTL, 4) + address  # the question's name
+    flags = 0x8400 | (int.from_bytes(query[2:4]) & 0x0100) | (0 if address is not None else _DNS_NXDOMAIN)
+    header = query[:2] + struct.pack("!HHHHH", flags, 1, 1 if answers else 0, 0, 0)
+    return header + query[12:question_end] + answers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
