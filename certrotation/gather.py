@@ -13,7 +13,7 @@ from typing import Any
 
 from certrotation import kube
 from certrotation.kube import Kind, Ref
-from certrotation.plan import Core, Observed, Snapshot
+from certrotation.plan import Core, Observed, Snapshot, destination_refs
 from etcdstorage import names
 from etcdstorage.settings import Settings
 from etcdstorage.spec import Destination, EtcdStorage
@@ -35,7 +35,7 @@ def controller_namespace(api: kube.Api, namespace: str) -> Listed | Unlisted:
     """Every ConfigMap and Secret of the controller namespace, read at the start of the pass: two paged LISTs instead
     of three GETs per tenant."""
     listed: dict[tuple[Kind, str], dict[str, Any]] = {}
-    for kind in Kind:
+    for kind in (Kind.CONFIGMAP, Kind.SECRET):
         try:
             items = kube.list_all(api, kind, namespace)
         except kube.KubeError as error:
@@ -54,26 +54,37 @@ def core_objects(api: kube.Api, settings: Settings, listed: Listed | None) -> tu
     )
 
 
-def tenant(api: kube.Api, settings: Settings, storage: EtcdStorage, core: Core, listed: Listed | None) -> Snapshot:
+def tenant(
+    api: kube.Api,
+    settings: Settings,
+    storage: EtcdStorage,
+    core: Core,
+    listed: Listed | None,
+    *,
+    owners: Mapping[Ref, str] | None = None,
+) -> Snapshot:
     """Everything a tenant's pass needs. `listed` None: the controller namespace's objects too are read by GET (as
-    when a write met a concurrent change, to see them as they are now)."""
+    when a write met a concurrent change, to see them as they are now). `owners`: the EtcdStorage each destination
+    is written for (`plan.destination_owners`); a destination another one owns is not read."""
     namespace, name = settings.namespace, storage.name
+    claimed = {ref: owner for ref in destination_refs(storage) if (owner := (owners or {}).get(ref, name)) != name}
 
     def owned(kind: Kind, object_name: str) -> Observed:
         return read(api, Ref(kind, namespace, object_name), listed)
+
+    def mine(ref: Ref) -> Observed:
+        """A destination, unless another EtcdStorage owns it: nothing of it is this tenant's to read."""
+        return Observed(ref, None) if ref in claimed else read(api, ref, None)
 
     return Snapshot(
         tenant=storage,
         signer=owned(Kind.SECRET, names.signer_secret(name)),
         client_ca=owned(Kind.CONFIGMAP, names.client_ca_configmap(name)),
         server_cert=owned(Kind.SECRET, names.server_cert_secret(name)),
-        serving_ca_destinations=tuple(
-            read(api, destination(Kind.CONFIGMAP, where), None) for where in storage.ca_cert_configmaps
-        ),
-        client_cert_destinations=tuple(
-            read(api, destination(Kind.SECRET, where), None) for where in storage.client_cert_secrets
-        ),
+        serving_ca_destinations=tuple(mine(destination(Kind.CONFIGMAP, where)) for where in storage.ca_cert_configmaps),
+        client_cert_destinations=tuple(mine(destination(Kind.SECRET, where)) for where in storage.client_cert_secrets),
         core=core,
+        claimed=claimed,
     )
 
 

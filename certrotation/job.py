@@ -16,7 +16,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Final
 
-from certrotation import apply, events, fixes, gather, kube, plan, purge
+from certrotation import apply, consumers, events, fixes, gather, kube, plan, purge
 from etcdstorage import settings as settings_module
 from etcdstorage.settings import Settings
 from etcdstorage.spec import EtcdStorage, InvalidSpec, parse
@@ -76,6 +76,7 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
             summary.failed += purge.going(api, settings, tenant, listed, now)
             continue
         outcome = _reconcile(api, settings, tenant, core, now, listed=listed, owners=owners)
+        outcome.failed |= consumers.roll(api, settings, tenant)  # after the certificates: roll onto them
         summary.issued += outcome.issued
         summary.written += outcome.written
         if outcome.failed:
@@ -227,7 +228,7 @@ def _tell_written(tenant: EtcdStorage, written: tuple[plan.Write, ...], outcome:
                 outcome.issued += event.action in ("issued", "staged")
             elif isinstance(event, plan.CertificateIssued):
                 _log(
-                    logging.INFO,
+                    logging.WARNING if event.replaced_issuer else logging.INFO,  # a foreign one: replaced, and said
                     "certificate issued",
                     tenant=tenant.name,
                     kind=event.ref.kind,
@@ -260,7 +261,7 @@ def _record(api: kube.Api, settings: Settings, tenant: EtcdStorage, told: list[p
             logging.WARNING,
             "event not recorded",
             tenant=tenant.name,
-            reason=event["reason"],
+            event=event["reason"],
             **_error_fields(error),
             fix=fixes.events_unrecorded(error),
         )

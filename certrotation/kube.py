@@ -45,9 +45,10 @@ _MAX_MESSAGE: Final = 300
 class Kind(enum.StrEnum):
     CONFIGMAP = "ConfigMap"
     SECRET = "Secret"
+    EVENT = "Event"  # core v1: what `kubectl describe` lists; the job only creates and counts its own
 
 
-_PATHS: Final = {Kind.CONFIGMAP: "configmaps", Kind.SECRET: "secrets"}
+_PATHS: Final = {Kind.CONFIGMAP: "configmaps", Kind.SECRET: "secrets", Kind.EVENT: "events"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,13 +172,27 @@ class Kubernetes:
             raise ValueError("replace without a resourceVersion would overwrite blindly")
         return self._request("PUT", _path(kind, namespace, metadata["name"]), dict(body))
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def get_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment or StatefulSet (apps/v1), None when it does not exist."""
+        try:
+            return self._request("GET", _workload_path(kind, namespace, name))
+        except NotFoundError:
+            return None
+
+    def patch_workload(self, kind: str, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a Deployment or StatefulSet: only the fields `patch` names change."""
+        path = _workload_path(kind, namespace, name)
+        return self._request("PATCH", path, dict(patch), content_type="application/merge-patch+json")
+
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, content_type: str = "application/json"
+    ) -> dict[str, Any]:
         import urllib3  # noqa: PLC0415 (already loaded by the client: see the module's docstring)
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         # The generated client's typed methods would turn our dicts into its model classes; serialize them as they are.
         method, url, headers, serialized, _ = self._client.param_serialize(
             method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
@@ -234,6 +249,11 @@ def connect(kubeconfig: str | None = None) -> Kubernetes:
 def _path(kind: Kind, namespace: str, name: str | None = None) -> str:
     path = f"/api/v1/namespaces/{quote(namespace, safe='')}/{_PATHS[kind]}"
     return path if name is None else f"{path}/{quote(name, safe='')}"
+
+
+def _workload_path(kind: str, namespace: str, name: str) -> str:
+    resource = {"Deployment": "deployments", "StatefulSet": "statefulsets"}[kind]
+    return f"/apis/apps/v1/namespaces/{quote(namespace, safe='')}/{resource}/{quote(name, safe='')}"
 
 
 def _error(status: int, body: str) -> ApiError:

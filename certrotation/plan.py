@@ -1,11 +1,19 @@
-"""The plan of one tenant's pass: from a snapshot of its objects, the ordered writes, the report and the problems.
+"""The plan of one tenant's pass: from a snapshot of its objects, the ordered writes, the problems, and the report.
 
 Pure: time, settings and the key factory are arguments; nothing is read, written or logged here (`certrotation.gather`
 reads, `certrotation.apply` writes, `certrotation.job` logs). `certrotation.rotation` decides when each certificate is
 renewed; this module turns its decisions into objects, in the order that keeps a run stopped after any write safe for
-the next one: signer, bundles, the staged CAs' publication, leaves, report. Each write names the writes it needs: a
-failed bundle write keeps back the publication, a failed signer write everything, but one API server's refused
-Secret never keeps the proxies' certificate from being renewed.
+the next one: signer, bundles, the staged CAs' publication, leaves. Each write names the writes it needs: a failed
+bundle write keeps back the publication, a failed signer write everything, but one API server's refused Secret never
+keeps the proxies' certificate from being renewed. The report comes last and from the outcome (`report`): it is
+written whatever failed, says per object whether it was delivered or why not, and claims only what is in place.
+
+Policies decided here:
+- One destination, one owner: a ConfigMap or Secret that several EtcdStorages name is written for the one created
+  first (then by name), never alternately; the others get a `Conflict` problem naming it (`destination_owners`).
+- A valid certificate in a destination that no CA of the tenant's bundle signed (a foreign one: put there by hand, or
+  left by another issuer) is replaced, with reason `foreign-issuer`: the proxies trust only the tenant's client CA,
+  so keeping it would keep the API server out. The Event and the log name its issuer.
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ from certrotation.fixes import Problem
 from certrotation.kube import Kind, Ref
 from certrotation.rotation import Reason, Role
 from etcdstorage import names, report
+from etcdstorage.report import Holds
 from etcdstorage.settings import Settings
-from etcdstorage.spec import EtcdStorage, KeyAlgorithm
+from etcdstorage.spec import EtcdStorage, InvalidSpec, KeyAlgorithm, parse
 from etcdstorage.times import rfc3339
 
 KeyFactory = Callable[[KeyAlgorithm], pki.PrivateKey]
 _MAX_COMMON_NAME: Final = 64  # characters, by X.509
+_CA_NAMES: Final = {Role.SERVING: "servingCA", Role.CLIENT: "clientCA"}  # the report's names of the CAs
 
 
 # --- What the plan is made from ---------------------------------------------------------------------------------------
@@ -50,7 +60,6 @@ class Core:
     """The core etcd client certificate the tenant proxies use, as the pass found it (read and judged once)."""
 
     problem: str  # "" when the tenant proxies can use it
-    read: bool = True  # False: an API error hid it, so the reports, which carry its problem, are not written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +73,37 @@ class Snapshot:
     serving_ca_destinations: tuple[Observed, ...]  # spec.caCertConfigMap: the serving-CA bundles for the API servers
     client_cert_destinations: tuple[Observed, ...]  # spec.clientCertSecret: the API servers' client pairs
     core: Core
+    # The tenant's destinations that another EtcdStorage, created earlier, names too: that one's name.
+    claimed: Mapping[Ref, str] = dataclasses.field(default_factory=dict)
+
+
+# --- Across tenants ---------------------------------------------------------------------------------------------------
+
+
+def destination_owners(objects: Iterable[Mapping[str, Any]]) -> dict[Ref, str]:
+    """Each destination any EtcdStorage names, and the EtcdStorage it is written for: the oldest (creationTimestamp,
+    then name) of those that name it. EtcdStorages that are invalid or going claim nothing."""
+    claimants = []
+    for obj in objects:
+        try:
+            tenant = parse(obj)
+        except InvalidSpec:
+            continue
+        if not tenant.deleting:
+            created = str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+            claimants.append((created, tenant.name, tenant))
+    owners: dict[Ref, str] = {}
+    for _, _, tenant in sorted(claimants, key=lambda claimant: claimant[:2]):
+        for ref in destination_refs(tenant):
+            owners.setdefault(ref, tenant.name)
+    return owners
+
+
+def destination_refs(tenant: EtcdStorage) -> list[Ref]:
+    """The tenant's destinations: the serving-CA ConfigMaps, then the client-certificate Secrets."""
+    configmaps = [(Kind.CONFIGMAP, where) for where in tenant.ca_cert_configmaps]
+    secrets = [(Kind.SECRET, where) for where in tenant.client_cert_secrets]
+    return [Ref(kind, where.namespace, where.name, destination=True) for kind, where in configmaps + secrets]
 
 
 # --- What the plan says -----------------------------------------------------------------------------------------------
@@ -88,9 +128,26 @@ class CertificateIssued:
     ref: Ref
     reasons: tuple[Reason, ...]
     not_after: datetime
+    replaced_issuer: str = ""  # with reason foreign-issuer: the issuer of the certificate it replaced
 
 
-Event = SignerChanged | CertificateIssued
+@dataclasses.dataclass(frozen=True)
+class SignerLost:
+    """A role's CA is gone while its bundles hold `trusted` CA certificates: recovered with overlap (told each pass
+    until the recovery completes)."""
+
+    role: Role
+    trusted: int
+
+
+@dataclasses.dataclass(frozen=True)
+class NotDelivered:
+    """An object this pass did not bring to what it should hold (from the report)."""
+
+    delivery: report.Delivery
+
+
+Event = SignerChanged | CertificateIssued | SignerLost | NotDelivered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,10 +166,38 @@ class Write:
 
 
 @dataclasses.dataclass(frozen=True)
+class Target:
+    """An object the pass brings to what it should hold, for the report: delivered when no `problem` kept it from
+    being planned and each of its `writes` (positions) was written. The certificates it holds, by the report's names,
+    once delivered (`after`) and if not (`before`: as read)."""
+
+    ref: Ref
+    holds: Holds
+    writes: frozenset[int] = frozenset()
+    problem: Problem | None = None
+    after: Mapping[str, report.CertificateTimes] = dataclasses.field(default_factory=dict)
+    before: Mapping[str, report.CertificateTimes] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
+    tenant: EtcdStorage
     writes: tuple[Write, ...]  # in order; any prefix of them leaves a state the next run completes safely
     problems: tuple[Problem, ...]  # found while planning; each one fails the tenant's pass, with its fix
-    report: report.Report | None  # what the last write tells the hook; None when unreadable objects keep it back
+    targets: tuple[Target, ...]  # what the report covers, in its order
+    report_on: Observed  # <N>-ca-cert as read: the report goes on it, after the writes
+    core_problem: str = ""
+    lost: tuple[SignerLost, ...] = ()  # the roles recovering from the loss of their CA
+
+
+@dataclasses.dataclass(frozen=True)
+class Reported:
+    """The report of a pass, the write that puts it on `<N>-ca-cert` (None when there is nothing to change or no
+    object to put it on), and what the pass did not deliver."""
+
+    report: report.Report
+    write: Write | None
+    events: tuple[NotDelivered, ...]
 
 
 # --- Planning ---------------------------------------------------------------------------------------------------------
@@ -121,21 +206,34 @@ class Plan:
 def plan(snapshot: Snapshot, settings: Settings, now: datetime, *, new_key: KeyFactory = pki.new_key) -> Plan:
     """The tenant's writes at time `now`; new keys come from `new_key`."""
     tenant, namespace = snapshot.tenant, settings.namespace
+    draft = _Draft(snapshot, namespace)
     if snapshot.signer.error is not None:  # nothing is safe without the CAs that exist: no bundle, no leaf
-        return Plan((), (fixes.failed(snapshot.signer.ref, snapshot.signer.error, "get", namespace),), None)
-    draft = _Draft(tenant, namespace)
+        failed = fixes.failed(snapshot.signer.ref, snapshot.signer.error, "get", namespace)
+        draft.problem(failed)
+        draft.target(snapshot.signer, Holds.SIGNER, problem=failed)
+        for observed, holds in _objects_after_signer(snapshot):
+            held_back = fixes.held_back(observed.ref, failed)
+            draft.target(observed, holds, problem=held_back, before=_held(observed, holds, tenant))
+        return draft.plan()
 
     # 1. The signer first: a CA is stored before anything trusts it or is signed by it.
-    signers, steps = _signers(snapshot, settings, now, new_key)
+    signers, steps, before = _signers(snapshot, settings, now, new_key)
     cas_stored = draft.put(snapshot.signer, _signer_data(signers), whole_data=True, events=steps)  # all else needs it
+    after = {_CA_NAMES[role]: _times(signer.signing.cert, tenant) for role, signer in signers.items()}
+    draft.target(snapshot.signer, Holds.SIGNER, writes=cas_stored, after=after, before=before)
+    for role, signer in signers.items():
+        if signer.recovering:
+            draft.lost(SignerLost(role, len(signer.retired)))
 
     # 2. The bundles, before any leaf that depends on them.
     held = dict.fromkeys(Role, True)  # every bundle of the role holds its CAs once these writes are done
     client_bundle = pki.encode_certs(signers[Role.CLIENT].bundle(now)).decode()
-    held[Role.CLIENT] = _bundle(draft, snapshot.client_ca, names.CLIENT_CA_KEY, client_bundle, needs=cas_stored)
+    held[Role.CLIENT] = draft.bundle(
+        snapshot.client_ca, Holds.CLIENT_CA_BUNDLE, names.CLIENT_CA_KEY, client_bundle, needs=cas_stored
+    )
     serving_bundle = pki.encode_certs(signers[Role.SERVING].bundle(now)).decode()
     for observed in snapshot.serving_ca_destinations:
-        if not _bundle(draft, observed, names.SERVING_CA_KEY, serving_bundle, needs=cas_stored):
+        if not draft.bundle(observed, Holds.SERVING_CA_BUNDLE, names.SERVING_CA_KEY, serving_bundle, needs=cas_stored):
             held[Role.SERVING] = False
 
     # 3. A staged CA starts its propagation delay only once every bundle of its role holds it: the mark is written
@@ -144,56 +242,48 @@ def plan(snapshot: Snapshot, settings: Settings, now: datetime, *, new_key: KeyF
     if any(marked[role] is not signers[role] for role in Role):  # `published` returns the signer if unchanged
         signers = marked
         bundles = [snapshot.client_ca.ref, *(observed.ref for observed in snapshot.serving_ca_destinations)]
-        draft.put(snapshot.signer, _signer_data(signers), whole_data=True, needs=draft.positions(bundles))
+        marks = draft.put(snapshot.signer, _signer_data(signers), whole_data=True, needs=draft.positions(bundles))
+        draft.extend(snapshot.signer.ref, marks)
 
     # 4. The leaves, signed by the current CAs.
-    serving_ca, client_ca = signers[Role.SERVING].current, signers[Role.CLIENT].current
     hosts = tuple(names.service_hosts(tenant.name, namespace, settings.cluster_domain))
+    serving, client = signers[Role.SERVING], signers[Role.CLIENT]
     server_want = rotation.Want(tenant.serving_validity, tenant.key_algorithm, tenant.renew_before, hosts)
-
-    new_server = _server_factory(tenant, serving_ca, hosts, now, new_key)
-    server = _leaf(draft, snapshot.server_cert, server_want, serving_ca, new_server, now=now, needs=cas_stored)
+    new_server = _server_factory(tenant, serving.signing, hosts, now, new_key)
+    draft.leaf(
+        snapshot.server_cert, Holds.SERVING_CERTIFICATE, server_want, serving, new_server, now=now, needs=cas_stored
+    )
     client_want = rotation.Want(tenant.client_validity, tenant.key_algorithm, tenant.renew_before)
-    clients = [
-        _leaf(
-            draft,
-            observed,
-            client_want,
-            client_ca,
-            _client_factory(tenant, client_ca, observed.ref, now, new_key),
-            now=now,
-            needs=cas_stored,
-        )
-        for observed in snapshot.client_cert_destinations
-    ]
+    for observed in snapshot.client_cert_destinations:
+        new_client = _client_factory(tenant, client.signing, observed.ref, now, new_key)
+        draft.leaf(observed, Holds.CLIENT_CERTIFICATE, client_want, client, new_client, now=now, needs=cas_stored)
+    return draft.plan()
 
-    # 5. The report for the hook, last, once everything it covers is in place. Not when a read failed: it would
-    # report times of certificates that could not be read.
-    if snapshot.client_ca.error is not None or snapshot.server_cert.error is not None or not snapshot.core.read:
-        return draft.plan(None)
-    certificates = {
-        "servingCA": _times(signers[Role.SERVING].current.cert, tenant),
-        "clientCA": _times(signers[Role.CLIENT].current.cert, tenant),
-    }
-    if server is not None:
-        certificates["servingCertificate"] = _times(server, tenant)
-    client_certs = [cert for cert in clients if cert is not None]
-    if client_certs:
-        certificates["clientCertificate"] = _times(min(client_certs, key=lambda c: c.not_valid_after_utc), tenant)
-    found = report.Report(certificates=certificates, core_certificate_problem=snapshot.core.problem)
-    draft.put(snapshot.client_ca, {}, annotations=report.to_annotations(found), needs=draft.positions())
-    return draft.plan(found)
+
+def _objects_after_signer(snapshot: Snapshot) -> list[tuple[Observed, Holds]]:
+    return [
+        (snapshot.client_ca, Holds.CLIENT_CA_BUNDLE),
+        *((observed, Holds.SERVING_CA_BUNDLE) for observed in snapshot.serving_ca_destinations),
+        (snapshot.server_cert, Holds.SERVING_CERTIFICATE),
+        *((observed, Holds.CLIENT_CERTIFICATE) for observed in snapshot.client_cert_destinations),
+    ]
 
 
 def _signers(
     snapshot: Snapshot, settings: Settings, now: datetime, new_key: KeyFactory
-) -> tuple[dict[Role, rotation.Signer], tuple[SignerChanged, ...]]:
+) -> tuple[dict[Role, rotation.Signer], tuple[SignerChanged, ...], dict[str, report.CertificateTimes]]:
+    """Each role's signer after this pass, what changed, and the times of the CAs stored now (those usable)."""
     tenant = snapshot.tenant
     stored = secret_data(snapshot.signer.obj)
     want = rotation.Want(tenant.signing_validity, tenant.key_algorithm, tenant.renew_before)
     signers: dict[Role, rotation.Signer] = {}
     events: list[SignerChanged] = []
+    before: dict[str, report.CertificateTimes] = {}
     for role in Role:
+        keys = rotation.signer_keys(role)
+        current = rotation.assess_ca(stored.get(keys.cert), stored.get(keys.key), want, now)
+        if current.pair is not None and not rotation.UNUSABLE.intersection(current.reasons):
+            before[_CA_NAMES[role]] = _times(current.pair.cert, tenant)
         planned = rotation.plan_signer(
             stored,
             role,
@@ -201,10 +291,33 @@ def _signers(
             now=now,
             minimum_delay=settings.ca_propagation_delay,
             new_ca=_ca_factory(tenant, role, now, new_key),
+            in_bundles=_in_bundles(snapshot, role),
         )
         signers[role] = planned.signer
         events.extend(SignerChanged(role, step.action, step.reasons) for step in planned.steps)
-    return signers, tuple(events)
+    return signers, tuple(events), before
+
+
+def _in_bundles(snapshot: Snapshot, role: Role) -> list[x509.Certificate]:
+    """The certificates the role's bundles hold now, as far as they were read; never a destination written for
+    another EtcdStorage (what it holds is that one's)."""
+    if role is Role.CLIENT:
+        sources = [(snapshot.client_ca, names.CLIENT_CA_KEY)]
+    else:
+        sources = [
+            (observed, names.SERVING_CA_KEY)
+            for observed in snapshot.serving_ca_destinations
+            if observed.ref not in snapshot.claimed
+        ]
+    certs = []
+    for observed, key in sources:
+        text = ((observed.obj or {}).get("data") or {}).get(key)
+        if isinstance(text, str) and text:
+            try:
+                certs.extend(pki.parse_certs(text.encode()))
+            except pki.PEMError:
+                continue  # unreadable: nobody can rely on it
+    return certs
 
 
 def _signer_data(signers: Mapping[Role, rotation.Signer]) -> dict[str, str]:
@@ -214,51 +327,20 @@ def _signer_data(signers: Mapping[Role, rotation.Signer]) -> dict[str, str]:
     return secret_values(data)
 
 
-def _bundle(draft: _Draft, observed: Observed, key: str, bundle: str, *, needs: frozenset[int]) -> bool:
-    """Put `bundle` under `key` of the ConfigMap; False when it cannot be (a problem of the plan then)."""
-    if observed.error is not None:
-        draft.unreadable(observed.ref, observed.error)
-        return False
-    if observed.obj is None and observed.ref.destination:
-        draft.missing(observed.ref)
-        return False
-    draft.put(observed, {key: bundle}, needs=needs)
-    return True
+_LEAVES: Final = frozenset({Holds.SERVING_CERTIFICATE, Holds.CLIENT_CERTIFICATE})
 
 
-def _leaf(
-    draft: _Draft,
-    observed: Observed,
-    want: rotation.Want,
-    issuer: pki.KeyPair,
-    issue: Callable[[], pki.KeyPair],
-    *,
-    now: datetime,
-    needs: frozenset[int],
-) -> x509.Certificate | None:
-    """Keep the certificate in the Secret, or issue a new one when the policy says so; the certificate the Secret holds
-    once the plan is written (None: nothing usable)."""
-    if observed.error is not None:
-        draft.unreadable(observed.ref, observed.error)
-        return None
-    data = secret_data(observed.obj)
-    assessment = rotation.assess_leaf(
-        data.get(names.TLS_CRT), data.get(names.TLS_KEY), want, issuer=issuer.cert, now=now
-    )
-    if not assessment.reasons:
-        return assessment.cert
-    if observed.obj is None and observed.ref.destination:
-        draft.missing(observed.ref)
-        return assessment.cert
-    pair = issue()
-    annotations = {
-        names.ANNOTATION_EXPIRY_DATE: rfc3339(pair.cert.not_valid_after_utc),
-        names.ANNOTATION_SIGNED_BY: pki.common_name(issuer.cert.subject) or "",
-    }
-    issued = CertificateIssued(observed.ref, assessment.reasons, pair.cert.not_valid_after_utc)
-    values = secret_values({names.TLS_CRT: pair.cert_pem, names.TLS_KEY: pair.key_pem})
-    draft.put(observed, values, annotations=annotations, tls=True, needs=needs, events=(issued,))
-    return pair.cert
+def _held(observed: Observed, holds: Holds, tenant: EtcdStorage) -> dict[str, report.CertificateTimes]:
+    """The certificate a leaf's Secret holds as read, by the report's name (nothing for a bundle, or a Secret that
+    holds no certificate that parses)."""
+    if holds not in _LEAVES:
+        return {}
+    stored = secret_data(observed.obj).get(names.TLS_CRT)
+    try:
+        cert = pki.parse_certs(stored)[0] if stored else None
+    except pki.PEMError:
+        cert = None
+    return {} if cert is None else {str(holds): _times(cert, tenant)}
 
 
 def _ca_factory(tenant: EtcdStorage, role: Role, now: datetime, new_key: KeyFactory) -> Callable[[], pki.KeyPair]:
@@ -299,18 +381,110 @@ def _times(cert: x509.Certificate, tenant: EtcdStorage) -> report.CertificateTim
     )
 
 
+# --- The report -------------------------------------------------------------------------------------------------------
+
+
+def report_of(planned: Plan, unsent: Mapping[int, Problem]) -> Reported:
+    """The report of the pass whose writes `unsent` (position -> why) were not written; pure, like the plan."""
+    deliveries = []
+    certificates: dict[str, report.CertificateTimes] = {}
+    for target in planned.targets:
+        problem = target.problem or next((unsent[p] for p in sorted(target.writes) if p in unsent), None)
+        held = target.before if problem is not None else target.after
+        deliveries.append(_delivery(target, problem, held))
+        for name, times in held.items():
+            earlier = certificates.get(name)
+            if earlier is None or times.notAfter < earlier.notAfter:  # clients: the one that expires first
+                certificates[name] = times
+    found = report.Report(
+        certificates=certificates,
+        core_certificate_problem=planned.core_problem,
+        report_for=planned.tenant.uid,
+        deliveries=tuple(deliveries),
+        signer_lost="; ".join(_lost_message(lost) for lost in planned.lost),
+    )
+    events = tuple(NotDelivered(delivery) for delivery in deliveries if not delivery.delivered)
+    return Reported(found, _report_write(planned, found, unsent), events)
+
+
+def _delivery(target: Target, problem: Problem | None, held: Mapping[str, report.CertificateTimes]) -> report.Delivery:
+    ref = target.ref
+    return report.Delivery(
+        kind=str(ref.kind),
+        namespace=ref.namespace,
+        name=ref.name,
+        holds=target.holds,
+        state=report.State.DELIVERED if problem is None else problem.cause,
+        destination=ref.destination,
+        message="" if problem is None else problem.problem,
+        fix="" if problem is None else problem.fix,
+        certificate=held.get(str(target.holds)),
+    )
+
+
+def _lost_message(lost: SignerLost) -> str:
+    return (
+        f"the {lost.role} CA is lost; a new one is staged next to the {lost.trusted} CA certificate(s) the bundles "
+        "hold and signs after the propagation delay"
+    )
+
+
+def _report_write(planned: Plan, found: report.Report, unsent: Mapping[int, Problem]) -> Write | None:
+    """The report on `<N>-ca-cert` as this pass left it (after the last of its writes that was written); None when it
+    was not read, does not exist, or already says the same."""
+    observed = planned.report_on
+    if observed.error is not None:
+        return None
+    written = [p for p, write in enumerate(planned.writes) if write.ref == observed.ref and p not in unsent]
+    current = planned.writes[written[-1]].body if written else observed.obj
+    if current is None:
+        return None
+    desired = _merged(current, {}, report.to_annotations(found), owner=planned.tenant, whole_data=False)
+    if desired == current:
+        return None
+    return Write(Verb.UPDATE, observed.ref, desired, (), follows=bool(written))
+
+
+def _leaf_reasons(
+    assessment: rotation.Assessment,
+    signer: rotation.Signer,
+    *,
+    cert_pem: bytes | None,
+    key_pem: bytes | None,
+    want: rotation.Want,
+    now: datetime,
+) -> tuple[Reason, ...]:
+    """Why the leaf is issued anew: the policy's reasons, but none for a usable leaf signed by a CA the bundles still
+    hold while the signer recovers from its loss (it keeps serving until the staged CA signs), and `foreign-issuer`
+    added for a valid one that no CA of the role's bundle signed."""
+    reasons, cert = assessment.reasons, assessment.cert
+    if reasons != (Reason.NOT_SIGNED_BY_CURRENT_CA,) or cert is None:
+        return reasons
+    trusted = [ca for ca in signer.bundle(now) if pki.is_signed_by(cert, ca)]
+    if signer.recovering and trusted:
+        kept = rotation.assess_leaf(cert_pem, key_pem, want, issuer=trusted[0], now=now)
+        if not rotation.UNUSABLE.intersection(kept.reasons):
+            return ()
+    if not trusted and now < cert.not_valid_after_utc:
+        return (*reasons, Reason.FOREIGN_ISSUER)
+    return reasons
+
+
 # --- How an object changes --------------------------------------------------------------------------------------------
 
 
 class _Draft:
-    """The plan being drawn up: its writes and problems so far, and each object as those writes leave it (a second
-    write to an object builds on the first)."""
+    """The plan being drawn up: its writes, problems and targets so far, and each object as those writes leave it (a
+    second write to an object builds on the first)."""
 
-    def __init__(self, tenant: EtcdStorage, namespace: str) -> None:
-        self._tenant = tenant
+    def __init__(self, snapshot: Snapshot, namespace: str) -> None:
+        self._snapshot = snapshot
+        self._tenant = snapshot.tenant
         self._namespace = namespace  # the controller's, whose ServiceAccount the fixes name
         self._writes: list[Write] = []
         self._problems: list[Problem] = []
+        self._targets: dict[Ref, Target] = {}
+        self._lost: list[SignerLost] = []
         self._planned: dict[Ref, Mapping[str, Any]] = {}
 
     def positions(self, refs: Iterable[Ref] | None = None) -> frozenset[int]:
@@ -318,14 +492,103 @@ class _Draft:
         wanted = None if refs is None else set(refs)
         return frozenset(i for i, write in enumerate(self._writes) if wanted is None or write.ref in wanted)
 
-    def plan(self, found: report.Report | None) -> Plan:
-        return Plan(tuple(self._writes), tuple(self._problems), found)
+    def plan(self) -> Plan:
+        snapshot = self._snapshot
+        return Plan(
+            tenant=self._tenant,
+            writes=tuple(self._writes),
+            problems=tuple(self._problems),
+            targets=tuple(self._targets.values()),
+            report_on=snapshot.client_ca,
+            core_problem=snapshot.core.problem,
+            lost=tuple(self._lost),
+        )
 
-    def unreadable(self, ref: Ref, error: kube.KubeError) -> None:
-        self._problems.append(fixes.failed(ref, error, "get", self._namespace))
+    def problem(self, problem: Problem) -> None:
+        self._problems.append(problem)
 
-    def missing(self, ref: Ref) -> None:
-        self._problems.append(fixes.missing(ref, self._namespace))
+    def lost(self, lost: SignerLost) -> None:
+        self._lost.append(lost)
+
+    def target(
+        self,
+        observed: Observed,
+        holds: Holds,
+        *,
+        writes: frozenset[int] = frozenset(),
+        problem: Problem | None = None,
+        after: Mapping[str, report.CertificateTimes] | None = None,
+        before: Mapping[str, report.CertificateTimes] | None = None,
+    ) -> None:
+        self._targets[observed.ref] = Target(observed.ref, holds, writes, problem, after or {}, before or {})
+
+    def extend(self, ref: Ref, writes: frozenset[int]) -> None:
+        """Later writes that deliver `ref` too."""
+        target = self._targets[ref]
+        self._targets[ref] = dataclasses.replace(target, writes=target.writes | writes)
+
+    def unusable(self, observed: Observed, holds: Holds) -> bool:
+        """Whether `observed` cannot be written: unreadable, a destination that does not exist, or one written for
+        another EtcdStorage. If so, the problem is the plan's and the object the report's, with the certificate it
+        holds as far as it was read."""
+        ref = observed.ref
+        owner = self._snapshot.claimed.get(ref)
+        if observed.error is not None:
+            problem = fixes.failed(ref, observed.error, "get", self._namespace)
+        elif owner is not None:
+            field = "caCertConfigMap" if ref.kind is Kind.CONFIGMAP else "clientCertSecret"
+            problem = fixes.conflict(ref, self._tenant.name, owner, field)
+        elif observed.obj is None and ref.destination:
+            problem = fixes.missing(ref, self._namespace)
+        else:
+            return False
+        self._problems.append(problem)
+        before = {} if owner is not None else _held(observed, holds, self._tenant)  # another's holds that one's
+        self.target(observed, holds, problem=problem, before=before)
+        return True
+
+    def bundle(self, observed: Observed, holds: Holds, key: str, bundle: str, *, needs: frozenset[int]) -> bool:
+        """Put `bundle` under `key` of the ConfigMap; False when it cannot be (a problem of the plan then)."""
+        if self.unusable(observed, holds):
+            return False
+        self.target(observed, holds, writes=self.put(observed, {key: bundle}, needs=needs))
+        return True
+
+    def leaf(
+        self,
+        observed: Observed,
+        holds: Holds,
+        want: rotation.Want,
+        signer: rotation.Signer,
+        issue: Callable[[], pki.KeyPair],
+        *,
+        now: datetime,
+        needs: frozenset[int],
+    ) -> None:
+        """Keep the certificate in the Secret, or issue a new one from the signer when the policy says so."""
+        if self.unusable(observed, holds):
+            return
+        tenant = self._tenant
+        before = _held(observed, holds, tenant)
+        data = secret_data(observed.obj)
+        cert_pem, key_pem = data.get(names.TLS_CRT), data.get(names.TLS_KEY)
+        issuer = signer.signing
+        assessment = rotation.assess_leaf(cert_pem, key_pem, want, issuer=issuer.cert, now=now)
+        reasons = _leaf_reasons(assessment, signer, cert_pem=cert_pem, key_pem=key_pem, want=want, now=now)
+        if not reasons:
+            self.target(observed, holds, after=before, before=before)
+            return
+        pair = issue()
+        annotations = {
+            names.ANNOTATION_EXPIRY_DATE: rfc3339(pair.cert.not_valid_after_utc),
+            names.ANNOTATION_SIGNED_BY: pki.common_name(issuer.cert.subject) or "",
+        }
+        replaced = assessment.cert
+        foreign = replaced.issuer.rfc4514_string() if replaced and Reason.FOREIGN_ISSUER in reasons else ""
+        issued = CertificateIssued(observed.ref, reasons, pair.cert.not_valid_after_utc, foreign)
+        values = secret_values({names.TLS_CRT: pair.cert_pem, names.TLS_KEY: pair.key_pem})
+        written = self.put(observed, values, annotations=annotations, tls=True, needs=needs, events=(issued,))
+        self.target(observed, holds, writes=written, after={str(holds): _times(pair.cert, tenant)}, before=before)
 
     def put(
         self,
@@ -453,7 +716,7 @@ def core_certificate(configmap: Observed, secret: Observed, now: datetime) -> Co
         problems.append(f"{cert_where} has no {names.TLS_CRT}")
     if ca and cert:
         problems.extend(_core_problems(ca, cert, ca_where, cert_where, now))
-    return Core("; ".join(problems), read=configmap.error is None and secret.error is None)
+    return Core("; ".join(problems))
 
 
 def _core_problems(ca: bytes, cert: bytes, ca_where: str, cert_where: str, now: datetime) -> list[str]:

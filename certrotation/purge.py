@@ -20,8 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from certrotation import gather, kube, plan
-from certrotation.kube import Kind, Ref
+from certrotation import gather, kube, plan, reporting
 from etcdstorage import deletion, names
 from etcdstorage.settings import Settings
 from etcdstorage.spec import DeletionPolicy, EtcdStorage
@@ -43,7 +42,7 @@ def going(
         _log(logging.INFO, "tenant going: keys retained", tenant=tenant.name, prefix=_prefix(tenant, settings))
         return False
     attempt = delete_keys(api, settings, tenant, listed, now, run=run)
-    written = _report(api, settings, tenant, listed, attempt)
+    written = reporting.annotate(api, settings, tenant, listed, deletion.to_annotations(attempt))
     level = logging.INFO if attempt.complete else logging.ERROR if attempt.problem else logging.WARNING
     _log(
         level,
@@ -125,46 +124,6 @@ def _write_private(directory: Path, ca: bytes, cert: bytes, key: bytes) -> tuple
         with os.fdopen(descriptor, "wb") as file:
             file.write(content)
     return paths
-
-
-def _report(
-    api: kube.Api, settings: Settings, tenant: EtcdStorage, listed: gather.Listed | None,
-    attempt: deletion.KeyDeletion,
-) -> str | None:  # fmt: skip
-    """Write the attempt on `<N>-ca-cert` (created, owned by the tenant, when it is not there); the problem, or None."""
-    ref = Ref(Kind.CONFIGMAP, settings.namespace, names.client_ca_configmap(tenant.name))
-    annotations = deletion.to_annotations(attempt)
-    for fresh in (False, True):  # a concurrent change (409): read it again, once
-        current = gather.read(api, ref, None if fresh else listed)
-        if current.error is not None:
-            return f"cannot read {ref}: {current.error}"
-        try:
-            if current.obj is None:
-                api.create(ref.kind, ref.namespace, _new_configmap(ref, tenant, annotations))
-            else:
-                metadata = {**current.obj.get("metadata", {})}
-                metadata["annotations"] = {**(metadata.get("annotations") or {}), **annotations}
-                api.replace(ref.kind, ref.namespace, {**current.obj, "metadata": metadata})
-        except kube.ConflictError:
-            continue
-        except kube.KubeError as error:
-            return f"cannot write {ref}: {error}"
-        return None
-    return f"cannot write {ref}: it kept changing"
-
-
-def _new_configmap(ref: Ref, tenant: EtcdStorage, annotations: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": ref.name,
-            "namespace": ref.namespace,
-            "labels": names.certificate_labels(tenant.name),
-            "annotations": annotations,
-            "ownerReferences": [plan.owner_reference(tenant)],
-        },
-    }
 
 
 def _log(level: int, message: str, **fields: object) -> None:

@@ -9,6 +9,11 @@ it signs from then on, the leaves signed by the old CA are re-issued, and the ol
 until it expires. (OpenShift library-go's certrotation, by contrast, replaces the signer at once and delays only the
 leaves.) Consumers that load their CA files only at start (kube-apiserver) therefore hold the new CA before they meet
 a certificate signed by it; the tenant proxy re-reads its files, and gets the same guarantee.
+
+Signer loss is recovered the same way: when a role's CA is gone from `<N>-signer` (deleted, garbage, a key removed)
+while its bundles still hold CA certificates, the signer is *recovering*: it has no current CA, a new CA is staged
+next to the certificates the bundles hold (kept as retired), the leaves in place are kept while they are valid, and
+the staged CA is promoted only after the propagation delay. Never a silent re-key.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class Reason(enum.StrEnum):
     VALIDITY_CHANGED = "validity-changed"
     RENEWAL_DUE = "renewal-due"
     EXPIRED = "expired"
+    SIGNER_LOST = "signer-lost"  # the role's CA is gone while the bundles hold CA certificates: recovered with overlap
+    FOREIGN_ISSUER = "foreign-issuer"  # a leaf signed by no CA of the tenant's bundle: replaced (see plan.py)
 
 
 # A CA with one of these cannot sign anything useful: it is replaced at once, there is nothing to overlap with.
@@ -188,16 +195,36 @@ def signer_keys(role: Role) -> SignerKeys:
 
 @dataclasses.dataclass(frozen=True)
 class Signer:
-    """One CA role: the CA that signs, the CA staged to sign next, and the retired CA certificates still trusted."""
+    """One CA role: the CA that signs, the CA staged to sign next, and the retired CA certificates still trusted.
+    `current` is None only while the signer is recovering from its loss; `next` is then the CA staged to replace it."""
 
-    current: pki.KeyPair
+    current: pki.KeyPair | None
     next: pki.KeyPair | None = None
     next_published: datetime | None = None
     retired: tuple[x509.Certificate, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.current is None and self.next is None:
+            raise ValueError("a signer without a current CA has a staged one")
+
+    @property
+    def recovering(self) -> bool:
+        return self.current is None
+
+    @property
+    def signing(self) -> pki.KeyPair:
+        """The CA that signs a leaf that must be issued now: the current one, or while recovering the staged one (a
+        leaf that is missing or unusable has no consumer to lose)."""
+        signing = self.current or self.next
+        assert signing is not None  # __post_init__
+        return signing
+
     def bundle(self, now: datetime) -> list[x509.Certificate]:
         """The CA bundle its consumers trust: every unexpired CA of the role, newest first, each once."""
-        return _unique_unexpired([self.current.cert, *([self.next.cert] if self.next else []), *self.retired], now)
+        return _unique_unexpired([*self._own(), *self.retired], now)
+
+    def _own(self) -> list[x509.Certificate]:
+        return [pair.cert for pair in (self.current, self.next) if pair is not None]
 
     def published(self, now: datetime) -> Signer:
         """The signer with its staged CA marked as published in every bundle at `now` (if not already)."""
@@ -228,8 +255,10 @@ def plan_signer(
     now: datetime,
     minimum_delay: timedelta,
     new_ca: Callable[[], pki.KeyPair],
+    in_bundles: Sequence[x509.Certificate] = (),
 ) -> SignerPlan:
-    """The role's signer after this run, from the `<N>-signer` Secret's (decoded) data."""
+    """The role's signer after this run, from the `<N>-signer` Secret's (decoded) data and the certificates the role's
+    bundles hold now (`in_bundles`), which tell a lost CA from a new tenant's."""
     keys = signer_keys(role)
     current = assess_ca(data.get(keys.cert), data.get(keys.key), want, now)
     staged: Assessment | None = None
@@ -247,7 +276,14 @@ def plan_signer(
     if next_pair is None:
         published = None
 
-    if current.pair is None or UNUSABLE.intersection(current.reasons):
+    lost = _lost(current, next_pair, [*in_bundles, *retired], now)
+    if lost:
+        signer, step = _recovering(
+            next_pair, published, [*retired, *lost], now=now, minimum_delay=minimum_delay, new_ca=new_ca
+        )
+        if step is not None:
+            steps.append(dataclasses.replace(step, reasons=(Reason.SIGNER_LOST, *current.reasons)))
+    elif current.pair is None or UNUSABLE.intersection(current.reasons):
         # Nothing to overlap with: replace at once, by the staged CA if there is one (bundles may already hold it).
         if current.cert is not None and pki.is_ca(current.cert):
             retired.append(current.cert)  # still trusted while unexpired: leaves it signed stay valid
@@ -273,15 +309,49 @@ def plan_signer(
             steps.append(Step("discarded-next", ()))
         signer = Signer(current.pair, retired=tuple(retired))
 
-    in_use = [signer.current.cert, *([signer.next.cert] if signer.next else [])]
-    signer = dataclasses.replace(signer, retired=tuple(_unique_unexpired(signer.retired, now, exclude=in_use)))
+    signer = dataclasses.replace(signer, retired=tuple(_unique_unexpired(signer.retired, now, exclude=signer._own())))
     return SignerPlan(signer, tuple(steps))
+
+
+# The current CA is gone for one of these; expired or not a CA, it would have to be replaced at once anyway.
+_LOSS: Final = frozenset({Reason.MISSING, Reason.UNPARSABLE, Reason.KEY_MISMATCH})
+
+
+def _lost(
+    current: Assessment, staged: pki.KeyPair | None, trusted: Sequence[x509.Certificate], now: datetime
+) -> list[x509.Certificate]:
+    """The unexpired CA certificates consumers may rely on (those the bundles hold, and the retired ones the signer
+    still lists) when the current CA is gone; empty when it is not gone, or when there is nothing a consumer could
+    still rely on (a new tenant, or everything expired)."""
+    if current.pair is not None or not _LOSS.intersection(current.reasons):
+        return []
+    own = [staged.cert] if staged is not None else []
+    return _unique_unexpired([cert for cert in trusted if pki.is_ca(cert)], now, exclude=own)
+
+
+def _recovering(
+    staged: pki.KeyPair | None,
+    published: datetime | None,
+    trusted: list[x509.Certificate],
+    *,
+    now: datetime,
+    minimum_delay: timedelta,
+    new_ca: Callable[[], pki.KeyPair],
+) -> tuple[Signer, Step | None]:
+    """A lost signer: a new CA staged next to the `trusted` certificates the bundles hold, promoted once every bundle
+    has held it for the propagation delay (measured against the trusted CA that expires last)."""
+    if staged is None:
+        return Signer(None, new_ca(), None, tuple(trusted)), Step("staged", ())
+    last = max(trusted, key=lambda cert: cert.not_valid_after_utc)
+    if published is not None and now >= published + propagation_delay(staged.cert, last, published, minimum_delay):
+        return Signer(staged, retired=tuple(trusted)), Step("promoted", ())
+    return Signer(None, staged, published, tuple(trusted)), None
 
 
 def encode_signer(role: Role, signer: Signer) -> dict[str, bytes]:
     """The role's entries of the `<N>-signer` Secret's data (decoded); `plan_signer` reads them back unchanged."""
     keys = signer_keys(role)
-    data = {keys.cert: signer.current.cert_pem, keys.key: signer.current.key_pem}
+    data = {} if signer.current is None else {keys.cert: signer.current.cert_pem, keys.key: signer.current.key_pem}
     if signer.next is not None:
         data[keys.next_cert] = signer.next.cert_pem
         data[keys.next_key] = signer.next.key_pem

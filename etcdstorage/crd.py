@@ -201,6 +201,7 @@ def _spec_schema() -> dict[str, Any]:
                 "minimum": 1,
                 "maximum": spec.MAX_REPLICAS,
             },
+            "consumers": _consumers(),
             "deletionPolicy": {
                 "description": (
                     "What becomes of this API server's keys in the core etcd when the EtcdStorage is deleted: "
@@ -234,6 +235,31 @@ def _destinations(description: str) -> dict[str, Any]:
                     "pattern": names.DNS_SUBDOMAIN.pattern,
                 },
                 "namespace": {"type": "string", "maxLength": names.MAX_DNS_LABEL, "pattern": names.DNS_LABEL.pattern},
+            },
+        },
+    }
+
+
+def _consumers() -> dict[str, Any]:
+    """The API server's workloads, each {apiVersion, kind, namespace, name}, keyed by kind, namespace and name."""
+    workload = _destinations("")["items"]
+    return {
+        "description": (
+            "Deployments and StatefulSets of the API server that the cert-rotation job rolls (a hash of the "
+            "certificates on their pod template) when its client certificate or serving-CA bundle changes. Grant the "
+            "job get and patch on just these objects (manifests/examples/consumer-rbac.yaml)."
+        ),
+        "type": "array",
+        "maxItems": spec.MAX_DESTINATIONS,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": _Flow(["kind", "namespace", "name"]),
+        "items": {
+            **workload,
+            "required": _Flow(["apiVersion", "kind", "name", "namespace"]),
+            "properties": {
+                "apiVersion": {"type": "string", "enum": _Flow([spec.CONSUMER_API_VERSION])},
+                "kind": {"type": "string", "enum": _Flow(list(spec.CONSUMER_KINDS))},
+                **workload["properties"],
             },
         },
     }
@@ -303,6 +329,29 @@ def _status_schema() -> dict[str, Any]:
             "keyPrefix": {"type": "string"},
             "replicas": dict(replicas),
             "availableReplicas": dict(replicas),
+            "consumers": {
+                "description": "Each consumer as the cert-rotation job last found it.",
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "namespace": {"type": "string"},
+                        "name": {"type": "string"},
+                        "certificatesHash": {
+                            "type": "string",
+                            "description": "The hash the job stamps on its pod template (of certificates, no key).",
+                        },
+                        "restarted": {
+                            "type": "boolean",
+                            "description": "Its pod template carries the hash of the certificates as they are.",
+                        },
+                        "current": {"type": "boolean", "description": "Every pod of it runs that template."},
+                        "problem": {"type": "string", "description": "Why not, and the fix."},
+                    },
+                },
+            },
             "keysRemaining": {
                 "description": "While a Delete policy's keys are deleted: how many the cert-rotation job last counted.",
                 "type": "integer",
@@ -313,6 +362,33 @@ def _status_schema() -> dict[str, Any]:
                 "additionalProperties": {
                     "type": "object",
                     "properties": {"notBefore": dict(time), "notAfter": dict(time), "renewalTime": dict(time)},
+                },
+            },
+            "destinations": {
+                "description": (
+                    "What each destination of the spec holds after the cert-rotation job's last run: state Delivered, "
+                    "or Missing, Forbidden, Invalid, Conflict (named by an older EtcdStorage too) or Failed with the "
+                    "message and the operator's fix; for a client-certificate Secret, the times of the certificate "
+                    "it holds."
+                ),
+                "type": "array",
+                "x-kubernetes-list-type": "atomic",
+                "items": {
+                    "type": "object",
+                    "required": _Flow(["kind", "namespace", "name", "state"]),
+                    "properties": {
+                        "kind": {"type": "string"},
+                        "namespace": {"type": "string"},
+                        "name": {"type": "string"},
+                        "holds": {"type": "string"},
+                        "state": {"type": "string"},
+                        "message": {"type": "string"},
+                        "fix": {"type": "string"},
+                        "certificate": {
+                            "type": "object",
+                            "properties": {"notBefore": dict(time), "notAfter": dict(time), "renewalTime": dict(time)},
+                        },
+                    },
                 },
             },
         },

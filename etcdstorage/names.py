@@ -63,6 +63,9 @@ ANNOTATION_REPORT_FOR: Final = f"{GROUP}/report-for"  # the uid of the EtcdStora
 ANNOTATION_DELIVERIES: Final = f"{GROUP}/deliveries"  # JSON: per object, whether the last pass delivered it, or why not
 ANNOTATION_SIGNER_LOST: Final = f"{GROUP}/signer-lost"  # why a CA is being recovered with overlap; "" when none is
 ANNOTATION_KEY_DELETION: Final = f"{GROUP}/key-deletion"  # JSON: the deletion of a going tenant's keys (Delete)
+ANNOTATION_CONSUMERS: Final = f"{GROUP}/consumers"  # JSON: each consumer's certificates hash and rollout
+# On a consumer's pod template: the hash of the certificates it mounts; a new value rolls its pods.
+ANNOTATION_CERTIFICATES_HASH: Final = f"{GROUP}/certificates-hash"
 # The original's annotations on the Secrets it wrote, kept on ours for tools that read them.
 ANNOTATION_EXPIRY_DATE: Final = f"{GROUP}/certificate-expiry-date"
 ANNOTATION_SIGNED_BY: Final = f"{GROUP}/certificate-signed-by"

@@ -1,15 +1,17 @@
 """What the cert-rotation job tells the hook, as annotations on the tenant's `<N>-ca-cert` ConfigMap.
 
 The job writes it (`to_annotations`), the hook reads it (`from_annotations`); neither sees the other's code paths.
-Only public facts travel here: times and problems. Never key material. Pure.
+Only public facts travel here: times, what each object holds and why one was not delivered, and the uid of the
+EtcdStorage the report is for. Never key material. Pure.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, ValidationError
 
@@ -40,17 +42,68 @@ class CertificateTimes(BaseModel):
     renewalTime: UtcTime
 
 
+class State(enum.StrEnum):
+    """Whether a pass delivered an object (it holds what it should), or the class of why not."""
+
+    DELIVERED = "Delivered"
+    MISSING = "Missing"  # a destination the API server's operator has not created
+    FORBIDDEN = "Forbidden"  # the job's ServiceAccount may not read or write it
+    INVALID = "Invalid"  # the API server refused the object as written (400, 422)
+    CONFLICT = "Conflict"  # a destination another EtcdStorage, created earlier, names too: written for that one only
+    FAILED = "Failed"  # anything else (no answer, a server error, a write it needs failed): the next run retries
+
+
+class Holds(enum.StrEnum):
+    """What an object of the job holds."""
+
+    SIGNER = "signer"  # <N>-signer: both CAs and their keys
+    CLIENT_CA_BUNDLE = "clientCABundle"  # <N>-ca-cert: the client-CA bundle the proxies trust
+    SERVING_CERTIFICATE = "servingCertificate"  # <N>-server-cert: the proxies' serving pair
+    SERVING_CA_BUNDLE = "servingCABundle"  # a spec.caCertConfigMap destination
+    CLIENT_CERTIFICATE = "clientCertificate"  # a spec.clientCertSecret destination
+
+
+class Delivery(BaseModel):
+    """One object as the job's last pass left it: delivered, or why not and the operator's fix; with the certificate
+    it holds, if it holds one (delivered or not, what is in place)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    kind: str
+    namespace: str
+    name: str
+    holds: Holds
+    state: State
+    destination: bool = False  # a spec destination in an API server's namespace, not an object of the controller's
+    message: str = ""
+    fix: str = ""
+    certificate: CertificateTimes | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.state is State.DELIVERED
+
+    def where(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
 # Read off the model rather than through model_dump(), which costs more than the formatting on every sync.
 _TIME_FIELDS: Final = tuple(sorted(CertificateTimes.model_fields))
 
 
 class Report(BaseModel):
-    """The job's view of one tenant after its last successful pass."""
+    """The job's view of one tenant after its last pass: the certificates in place, and what each object holds."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     certificates: dict[str, CertificateTimes]
     core_certificate_problem: str = ""  # why the core etcd client certificate cannot work, "" when it can
+    report_for: str = ""  # the uid of the EtcdStorage it was written for; "" from a job that did not say
+    deliveries: tuple[Delivery, ...] = ()  # in the order of the pass: owned objects, then the spec's destinations
+    signer_lost: str = ""  # why a CA is being recovered with overlap, "" when none is
+
+    def undelivered(self) -> list[Delivery]:
+        return [delivery for delivery in self.deliveries if not delivery.delivered]
 
 
 class ReportError(ValueError):
@@ -59,17 +112,26 @@ class ReportError(ValueError):
 
 def certificate_times(report: Report) -> dict[str, dict[str, str]]:
     """The certificate times as Kubernetes prints times, sorted: for annotations and for status."""
-    return {
-        name: {field: rfc3339(getattr(times, field)) for field in _TIME_FIELDS}
-        for name, times in sorted(report.certificates.items())
-    }
+    return {name: times(certificate) for name, certificate in sorted(report.certificates.items())}
+
+
+def times(certificate: CertificateTimes) -> dict[str, str]:
+    return {field: rfc3339(getattr(certificate, field)) for field in _TIME_FIELDS}
 
 
 def to_annotations(report: Report) -> dict[str, str]:
+    deliveries = [delivery.model_dump(mode="json", exclude_defaults=True) for delivery in report.deliveries]
     return {
-        names.ANNOTATION_CERTIFICATES: json.dumps(certificate_times(report), sort_keys=True, separators=(",", ":")),
+        names.ANNOTATION_CERTIFICATES: _json(certificate_times(report)),
         names.ANNOTATION_CORE_CERT_PROBLEM: report.core_certificate_problem,
+        names.ANNOTATION_REPORT_FOR: report.report_for,
+        names.ANNOTATION_DELIVERIES: _json(deliveries),
+        names.ANNOTATION_SIGNER_LOST: report.signer_lost,
     }
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def from_annotations(annotations: object) -> Report | None:
@@ -81,21 +143,38 @@ def from_annotations(annotations: object) -> Report | None:
         raise ReportError("metadata.annotations is not a map of strings")
     if names.ANNOTATION_CERTIFICATES not in annotations:
         return None
-    certificates = annotations[names.ANNOTATION_CERTIFICATES]
-    problem = annotations.get(names.ANNOTATION_CORE_CERT_PROBLEM, "")
-    for name, value in ((names.ANNOTATION_CERTIFICATES, certificates), (names.ANNOTATION_CORE_CERT_PROBLEM, problem)):
+    # A report of an earlier job has only the first two: read as delivered everywhere, for no particular uid.
+    defaults = {
+        names.ANNOTATION_CERTIFICATES: "",
+        names.ANNOTATION_CORE_CERT_PROBLEM: "",
+        names.ANNOTATION_REPORT_FOR: "",
+        names.ANNOTATION_DELIVERIES: "[]",
+        names.ANNOTATION_SIGNER_LOST: "",
+    }
+    values = {name: annotations.get(name, default) for name, default in defaults.items()}
+    for name, value in values.items():
         if not isinstance(value, str):
             raise ReportError(f"annotation {name} is not a string")
+    return Report(
+        certificates=_parsed(names.ANNOTATION_CERTIFICATES, values, "certificates"),
+        core_certificate_problem=values[names.ANNOTATION_CORE_CERT_PROBLEM],
+        report_for=values[names.ANNOTATION_REPORT_FOR],
+        deliveries=_parsed(names.ANNOTATION_DELIVERIES, values, "deliveries"),
+        signer_lost=values[names.ANNOTATION_SIGNER_LOST],
+    )
+
+
+def _parsed(annotation: str, values: Mapping[str, str], field: str) -> Any:
+    """The JSON of `annotation`, validated as the Report's `field`; `ReportError` naming the first problem."""
     try:
-        return Report(certificates=json.loads(certificates), core_certificate_problem=problem)
+        parsed = Report.model_validate({"certificates": {}, field: json.loads(values[annotation])})
     except ValidationError as error:
         # The first problem only, its place cut short: the message lands in status, once per tenant.
         first = error.errors(include_url=False)[0]
         where = ".".join(str(step) for step in first["loc"])[:_MAX_PLACE]
         more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
-        raise ReportError(
-            f"annotation {names.ANNOTATION_CERTIFICATES} does not parse: {where}: {first['msg']}{more}"
-        ) from None
+        raise ReportError(f"annotation {annotation} does not parse: {where}: {first['msg']}{more}") from None
     # RecursionError: json.loads gives up on a value nested some thousand levels deep.
     except (ValueError, RecursionError) as error:
-        raise ReportError(f"annotation {names.ANNOTATION_CERTIFICATES} does not parse: {error}") from None
+        raise ReportError(f"annotation {annotation} does not parse: {error}") from None
+    return getattr(parsed, field)

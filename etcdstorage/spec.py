@@ -57,6 +57,23 @@ class Destination:
         return f"{self.namespace}/{self.name}"
 
 
+# The workloads that run an aggregated API server, which the job rolls when its certificates change.
+CONSUMER_API_VERSION: Final = "apps/v1"
+CONSUMER_KINDS: Final = ("Deployment", "StatefulSet")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Consumer:
+    """A Deployment or StatefulSet (apps/v1) of the tenant's API server."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     field: str
@@ -90,6 +107,7 @@ class EtcdStorage:
     renew_before: timedelta | None = None  # None: a third of each certificate's lifetime
     deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
     deleting: bool = False  # metadata.deletionTimestamp is set: the object is going
+    consumers: tuple[Consumer, ...] = ()  # rolled by the job when the certificates they mount change
 
 
 def name_problems(name: object) -> list[str]:
@@ -177,6 +195,7 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
                 problems.append(Problem("spec.renewBefore", "must be shorter than every certificate validity"))
 
     policy = _choice(spec, "deletionPolicy", DeletionPolicy.RETAIN, problems)
+    consumers = _consumers(spec, max_list_items, problems)
 
     uid = metadata.get("uid", "")
     generation = metadata.get("generation", 0)
@@ -198,6 +217,7 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
         renew_before=None if renew_before is None else durations.to_timedelta(renew_before),
         deletion_policy=policy,
         deleting=metadata.get("deletionTimestamp") is not None,
+        consumers=consumers,
     )
 
 
@@ -252,34 +272,68 @@ def _fitting(value: object, pattern: re.Pattern[str], longest: int) -> str | Non
     return None
 
 
+def _consumers(spec: Mapping[str, Any], max_items: int, problems: list[Problem]) -> tuple[Consumer, ...]:
+    """The distinct consumers, sorted: each `{apiVersion: apps/v1, kind, namespace, name}`, named as destinations."""
+    items = _items(spec, "consumers", "{apiVersion, kind, namespace, name}", max_items, problems)
+    found: set[Consumer] = set()
+    for index, item in enumerate(items):
+        where = f"spec.consumers[{index}]"
+        place = _place(item, where, problems)
+        api_version, kind = item.get("apiVersion"), item.get("kind")
+        if api_version != CONSUMER_API_VERSION:
+            shown = _shown(api_version)
+            problems.append(Problem(f"{where}.apiVersion", f"must be {CONSUMER_API_VERSION}, got {shown}"))
+        if kind not in CONSUMER_KINDS:
+            problems.append(Problem(f"{where}.kind", f"must be {' or '.join(CONSUMER_KINDS)}, got {_shown(kind)}"))
+        elif place is not None and api_version == CONSUMER_API_VERSION:
+            found.add(Consumer(kind=str(kind), namespace=place.namespace, name=place.name))
+    return tuple(sorted(found))
+
+
 def _destinations(
     spec: Mapping[str, Any], field: str, max_items: int, problems: list[Problem]
 ) -> tuple[Destination, ...]:
     """The distinct destinations of a list, sorted. Duplicates are merged, not refused: the CRD refuses them at
     admission (a list keyed by namespace and name), but objects stored under the original's CRD may hold some."""
+    found: set[Destination] = set()
+    for index, item in enumerate(_items(spec, field, "{name, namespace}", max_items, problems)):
+        place = _place(item, f"spec.{field}[{index}]", problems)
+        if place is not None:
+            found.add(place)
+    return tuple(sorted(found))
+
+
+def _items(
+    spec: Mapping[str, Any], field: str, shape: str, max_items: int, problems: list[Problem]
+) -> list[Mapping[str, Any]]:
+    """The objects of a list field, [] for an unset one; problems for a non-list, a list too long, or non-objects
+    (which are left out)."""
     raw = spec.get(field)
     if raw is None:  # the original's Go clients send null for an unset list
-        return ()
+        return []
     if not isinstance(raw, list):
-        problems.append(Problem(f"spec.{field}", "must be a list of {name, namespace}"))
-        return ()
+        problems.append(Problem(f"spec.{field}", f"must be a list of {shape}"))
+        return []
     if len(raw) > max_items:
         problems.append(Problem(f"spec.{field}", f"must hold at most {max_items} items, got {len(raw)}"))
-        return ()
-    found: set[Destination] = set()
+        return []
+    items = []
     for index, item in enumerate(raw):
-        where = f"spec.{field}[{index}]"
-        if not isinstance(item, Mapping):
-            problems.append(Problem(where, "must be an object with name and namespace"))
-            continue
-        name = _fitting(item.get("name"), names.DNS_SUBDOMAIN, names.MAX_DNS_SUBDOMAIN)
-        namespace = _fitting(item.get("namespace"), names.DNS_LABEL, names.MAX_DNS_LABEL)
-        if name is None:
-            shown = _shown(item.get("name"))
-            problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {shown}"))
-        if namespace is None:
-            shown = _shown(item.get("namespace"))
-            problems.append(Problem(f"{where}.namespace", f"must be a namespace name (a DNS label), got {shown}"))
-        if name is not None and namespace is not None:
-            found.add(Destination(namespace=namespace, name=name))
-    return tuple(sorted(found))
+        if isinstance(item, Mapping):
+            items.append(item)
+        else:
+            problems.append(Problem(f"spec.{field}[{index}]", f"must be an object {shape}"))
+    return items
+
+
+def _place(item: Mapping[str, Any], where: str, problems: list[Problem]) -> Destination | None:
+    """The namespace and name of a list item, or None with a problem for each that is not valid."""
+    name = _fitting(item.get("name"), names.DNS_SUBDOMAIN, names.MAX_DNS_SUBDOMAIN)
+    namespace = _fitting(item.get("namespace"), names.DNS_LABEL, names.MAX_DNS_LABEL)
+    if name is None:
+        shown = _shown(item.get("name"))
+        problems.append(Problem(f"{where}.name", f"must be a DNS subdomain (an object name), got {shown}"))
+    if namespace is None:
+        shown = _shown(item.get("namespace"))
+        problems.append(Problem(f"{where}.namespace", f"must be a namespace name (a DNS label), got {shown}"))
+    return Destination(namespace=namespace, name=name) if name is not None and namespace is not None else None

@@ -24,6 +24,15 @@ DEPLOYED: Final = "Deployed"  # the original's only condition, kept for tools wr
 INVALID_SPEC: Final = "InvalidSpec"  # Ready's reason while the hook refuses the spec and keeps the children as they are
 STALE_CHILD: Final = "StaleChild"  # an object of a child's name belongs to another owner
 STALE_REPORT: Final = "StaleCertificateReport"  # <N>-ca-cert reports for another EtcdStorage of the same name
+SIGNER_LOST: Final = "SignerLost"  # a CA is being recovered with overlap after <N>-signer lost it
+# CertificatesReady's reason when the job's last pass did not deliver an object: per class, for a destination of the
+# spec (in an API server's namespace) and for an object of the controller namespace.
+DESTINATION_REASONS: Final[dict[report.State, str]] = {
+    state: f"Destination{state}" for state in report.State if state is not report.State.DELIVERED
+}
+OWNED_REASONS: Final[dict[report.State, str]] = {
+    state: f"Delivery{state}" for state in report.State if state is not report.State.DELIVERED
+}
 MAX_MESSAGE_CHARS: Final = 1000  # of a condition message that quotes input (a refused spec's problems)
 _RFC3339: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 
@@ -70,7 +79,11 @@ def compute(
 ) -> dict[str, Any]:
     desired_replicas = tenant.replicas if tenant.replicas is not None else settings.replicas
     available = _available_replicas(observed.deployment)
-    certificates = _stale_report_condition(tenant, observed) or _certificates_condition(tenant, observed, settings, now)
+    certificates = (
+        _stale_report_condition(tenant, observed)
+        or _delivery_condition(tenant, observed, settings)
+        or _certificates_condition(tenant, observed, settings, now)
+    )
     proxy = _proxy_condition(tenant, observed, available, desired_replicas)
     deployed = _deployed_condition(tenant, observed, settings)
     conditions = [_ready_condition(certificates, proxy, deployed), certificates, proxy, deployed]
@@ -83,15 +96,44 @@ def compute(
     }
     if observed.certificates is not None:
         result["certificates"] = report.certificate_times(observed.certificates)
+        if observed.certificates.deliveries:  # none from a job that did not report them
+            result["destinations"] = destinations(observed.certificates)
     return result
+
+
+def destinations(found: report.Report) -> list[dict[str, Any]]:
+    """What each destination of the spec holds after the job's last pass: delivered, or why not and the fix; and the
+    times of the client certificate a Secret holds."""
+    shown = []
+    for delivery in found.deliveries:
+        if not delivery.destination:
+            continue
+        entry: dict[str, Any] = {
+            "kind": delivery.kind,
+            "namespace": delivery.namespace,
+            "name": delivery.name,
+            "holds": str(delivery.holds),
+            "state": str(delivery.state),
+        }
+        if not delivery.delivered:
+            entry.update(message=delivery.message, fix=delivery.fix)
+        if delivery.certificate is not None:
+            entry["certificate"] = report.times(delivery.certificate)
+        shown.append(entry)
+    return shown
 
 
 def refused(refusal: Exception, *, previous: Any, now: datetime) -> dict[str, Any]:
     """The status of an object whose spec the hook refuses: Ready False with the reason, shown by `kubectl get`.
     Only Ready: the other conditions would describe a spec the hook cannot read."""
     message = f"{refusal}; its children are kept as they are until the spec is fixed"
-    clipped = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
-    return {"conditions": _with_transition_times([Condition(READY, False, INVALID_SPEC, clipped)], previous, now)}
+    return {
+        "conditions": _with_transition_times([Condition(READY, False, INVALID_SPEC, _clipped(message))], previous, now)
+    }
+
+
+def _clipped(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def ready_condition(current: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -116,7 +158,18 @@ def _available_replicas(deployment: Mapping[str, Any] | None) -> int:
 
 
 def _stale_report_condition(tenant: EtcdStorage, observed: Observed) -> Condition | None:
-    """CertificatesReady False when `<N>-ca-cert` is another EtcdStorage's: its report is not about this object."""
+    """CertificatesReady False when `<N>-ca-cert` is another EtcdStorage's, or its report was written for another:
+    it is not about this object."""
+    found = observed.certificates
+    if found is not None and found.report_for and found.report_for != tenant.uid:
+        where = f"ConfigMap {names.client_ca_configmap(tenant.name)}"
+        return Condition(
+            CERTIFICATES_READY, False, STALE_REPORT,
+            f"the certificate report on {where} was written for EtcdStorage uid {found.report_for}, not for this one "
+            f"(uid {tenant.uid or 'unknown'}): an earlier EtcdStorage of the same name's; the cert-rotation job "
+            "reports for this one on its next run, check the logs of the CronJob etcdstorage-cert-rotation if this "
+            "persists",
+        )  # fmt: skip
     if observed.foreign_report is None:
         return None
     return Condition(
@@ -164,6 +217,30 @@ def _certificates_condition(tenant: EtcdStorage, observed: Observed, settings: S
         f"all certificates valid; the first expires at {rfc3339(not_after)}, "
         f"the next renewal is due at {rfc3339(renewal)}",
     )  # fmt: skip
+
+
+def _delivery_condition(tenant: EtcdStorage, observed: Observed, settings: Settings) -> Condition | None:
+    """CertificatesReady False while a CA is being recovered, or when the job's last pass did not deliver an object:
+    the reason is the class of the first failure (a destination's, or an object's of the controller namespace), the
+    message names every object with its fix."""
+    certificates = observed.certificates
+    if certificates is None:
+        return None
+    if certificates.signer_lost:
+        return Condition(
+            CERTIFICATES_READY, False, SIGNER_LOST,
+            f"Secret {settings.namespace}/{names.signer_secret(tenant.name)} lost its CA: {certificates.signer_lost}; "
+            "the certificates in place keep working, find out what deleted or changed the Secret",
+        )  # fmt: skip
+    undelivered = certificates.undelivered()
+    if undelivered:
+        first = undelivered[0]
+        reasons = DESTINATION_REASONS if first.destination else OWNED_REASONS
+        message = "not delivered: " + "; ".join(
+            f"{delivery.where()} {delivery.message} (fix: {delivery.fix})" for delivery in undelivered
+        )
+        return Condition(CERTIFICATES_READY, False, reasons[first.state], _clipped(message))
+    return None
 
 
 def _proxy_condition(tenant: EtcdStorage, observed: Observed, available: int, desired: int) -> Condition:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from etcdstorage import names, report, spec
+from etcdstorage import consumers, names, report, spec
 from etcdstorage.settings import Settings
 from hooks import applied, children, finalize, status
 from hooks.wire import (
@@ -61,6 +61,8 @@ def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncRespons
     observed = _observe(request, tenant, settings)
     # Status describes what was observed, before the desired state is built.
     current = status.compute(tenant, observed, settings, previous=request.parent.status, now=now)
+    if tenant.consumers:
+        current["consumers"] = _consumers(request, tenant, settings)
     desired = children.desired(tenant, settings)
     return SyncResponse(
         status=current,
@@ -68,6 +70,30 @@ def sync(request: SyncRequest, settings: Settings, now: datetime) -> SyncRespons
         resyncAfterSeconds=_resync_after(current, observed, settings, now),
         finalized=True if request.finalizing else None,
     )
+
+
+def _consumers(request: SyncRequest, tenant: spec.EtcdStorage, settings: Settings) -> list[dict[str, Any]]:
+    """`status.consumers`: each consumer of the spec as the job last found it (`etcdstorage.consumers`), or waiting
+    for the job; a report of a consumer since removed from the spec is not shown."""
+    where = f"{settings.namespace}/{names.client_ca_configmap(tenant.name)}"
+    configmap = _find(request.related, CONFIGMAPS, where)
+    metadata = (configmap or {}).get("metadata")
+    annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+    try:
+        reported = consumers.from_annotations(annotations or {}) or []
+        problem = "not looked at by the cert-rotation job yet"
+    except consumers.ConsumersReportError as error:
+        reported, problem = [], str(error)
+    found = {(state.kind, state.namespace, state.name): state for state in reported}
+    shown = []
+    for consumer in tenant.consumers:
+        state = found.get((consumer.kind, consumer.namespace, consumer.name))
+        if state is None:
+            state = consumers.ConsumerState(
+                kind=consumer.kind, namespace=consumer.namespace, name=consumer.name, problem=problem
+            )
+        shown.append({"apiVersion": spec.CONSUMER_API_VERSION, **state.model_dump(exclude_defaults=False)})
+    return shown
 
 
 def _refused(request: SyncRequest, refusal: spec.InvalidSpec, now: datetime) -> SyncResponse:

@@ -90,6 +90,8 @@ def tenant_from_example(
     storage["spec"].update(spec or {})
     for destination in storage["spec"]["caCertConfigMap"] + storage["spec"]["clientCertSecret"]:
         destination["namespace"] = namespace
+    for consumer in storage["spec"].get("consumers", []):  # the API server's workloads live there too
+        consumer["namespace"] = namespace
     apply(plane, [*documents, storage])
     return tenant, namespace
 

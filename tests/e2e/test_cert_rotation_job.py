@@ -8,17 +8,25 @@ about this test's tenant."""
 from __future__ import annotations
 
 import base64
+import json
 import secrets
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient
 
-from certrotation import job, kube, pki
+from certrotation import events, job, kube, pki
 from etcdstorage import names, report
+from etcdstorage.settings import Settings
+from hooks import sync
+from hooks.wire import SyncRequest
 from testbed import harness
 from tests.e2e import install
-from tests.e2e.install import apply, failures_of, get, run_job, tenant_from_example
+from tests.e2e.install import apply, failures_of, get, load, run_job, tenant_from_example
+from tests.support.objects import sync_request
 
 pytestmark = pytest.mark.e2e
 
@@ -171,3 +179,85 @@ def test_kube_redacts_what_the_api_server_echoes_of_a_refused_value(
     assert (refused.value.status, refused.value.reason) == (422, "Invalid")
     assert 'Secret "s" is invalid' in refused.value.message  # what the operator needs stays
     assert echoed[:40] not in str(refused.value)  # the value the API server quoted does not
+
+
+def hook_sees(plane: harness.ControlPlane, tenant: str) -> dict[str, Any]:
+    """The hook's answer for the live EtcdStorage, with the live `<N>-ca-cert` as Metacontroller relates it."""
+    ca_cert = get(plane, "configmap", C, names.client_ca_configmap(tenant))
+    related = {"ConfigMap.v1": {f"{C}/{ca_cert['metadata']['name']}": ca_cert}}
+    request = sync_request(get(plane, "etcdstorage", "", tenant), related=related)
+    answer = sync.sync(SyncRequest.model_validate(request), Settings(), datetime.now(UTC))
+    return answer.model_dump(exclude_none=True)
+
+
+def events_of(plane: harness.ControlPlane, tenant: str) -> list[dict[str, Any]]:
+    uid = get(plane, "etcdstorage", "", tenant)["metadata"]["uid"]
+    listed = plane.kubectl(
+        "get", "events", "--all-namespaces", f"--field-selector=involvedObject.uid={uid}", "--output=json"
+    )
+    items: list[dict[str, Any]] = json.loads(listed.stdout)["items"]
+    return items
+
+
+def test_a_missing_client_secret_reaches_the_hook_from_the_jobs_real_report_and_is_told_as_events(
+    installed: harness.ControlPlane, tmp_path: Path
+) -> None:
+    tenant, namespace = tenant_from_example(installed)
+    installed.kubectl("delete", "secret", "etcd-client-cert", f"--namespace={namespace}")
+
+    first = run_job(installed, tmp_path)
+
+    assert first.returncode == job.EXIT_FAILURES
+    assert "event not recorded" not in first.stderr  # the ClusterRole of manifests/ lets it create Events
+    conditions = {c["type"]: c for c in hook_sees(installed, tenant)["status"]["conditions"]}
+    certificates = conditions["CertificatesReady"]
+    assert (certificates["status"], certificates["reason"]) == ("False", "DestinationMissing")
+    assert f"Secret {namespace}/etcd-client-cert does not exist" in certificates["message"]
+    assert "manifests/examples/apiserver-rbac.yaml" in certificates["message"]
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "DestinationMissing")
+    destinations = hook_sees(installed, tenant)["status"]["destinations"]
+    assert [(d["kind"], d["name"], d["state"]) for d in destinations] == [
+        ("ConfigMap", "etcd-serving-ca", "Delivered"),
+        ("Secret", "etcd-client-cert", "Missing"),
+    ]
+    described = installed.kubectl("describe", "etcdstorage", tenant).stdout
+    for reason in (events.CA_ISSUED, events.CERTIFICATE_ISSUED, events.DELIVERY_FAILED):
+        assert reason in described, described
+
+    run_job(installed, tmp_path)  # told again: the same Event, counted
+    [failed] = [event for event in events_of(installed, tenant) if event["reason"] == events.DELIVERY_FAILED]
+    assert failed["count"] == 2
+    assert failed["type"] == "Warning"
+
+    installed.kubectl("create", "secret", "generic", "etcd-client-cert", f"--namespace={namespace}")
+    fixed = run_job(installed, tmp_path)
+    assert failures_of(fixed.stderr, tenant) == [], fixed.stderr
+    conditions = {c["type"]: c for c in hook_sees(installed, tenant)["status"]["conditions"]}
+    assert conditions["CertificatesReady"]["status"] == "True"
+
+
+def test_a_destination_named_by_two_etcdstorages_is_written_for_the_older_only(
+    installed: harness.ControlPlane, tmp_path: Path
+) -> None:
+    older, namespace = tenant_from_example(installed)
+    [storage] = load(install.EXAMPLES / "etcdstorage.yaml")
+    newer = f"newer-{older}"  # not a prefix of the other name: the log lines are told apart
+    storage["metadata"]["name"] = newer
+    for destination in storage["spec"]["caCertConfigMap"] + storage["spec"]["clientCertSecret"]:
+        destination["namespace"] = namespace
+    run_job(installed, tmp_path)
+    time.sleep(1.1)  # a creationTimestamp of a later second
+    apply(installed, [storage])
+    before = get(installed, "secret", namespace, "etcd-client-cert")["metadata"]["resourceVersion"]
+
+    result = run_job(installed, tmp_path)
+
+    assert result.returncode == job.EXIT_FAILURES
+    assert failures_of(result.stderr, older) == []
+    assert len(failures_of(result.stderr, newer)) == 2, result.stderr
+    assert get(installed, "secret", namespace, "etcd-client-cert")["metadata"]["resourceVersion"] == before
+    conditions = {c["type"]: c for c in hook_sees(installed, newer)["status"]["conditions"]}
+    assert conditions["CertificatesReady"]["reason"] == "DestinationConflict"
+    assert f"also named by EtcdStorage {older}, created earlier" in conditions["CertificatesReady"]["message"]
+    assert events.DESTINATION_CONFLICT in installed.kubectl("describe", "etcdstorage", newer).stdout
+    installed.kubectl("delete", "etcdstorage", newer)

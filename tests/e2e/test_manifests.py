@@ -122,7 +122,7 @@ def test_every_example_applies_once_its_namespace_exists_and_a_second_apply_chan
     control_plane: harness.ControlPlane, example_namespace: str
 ) -> None:
     files = sorted(EXAMPLES.glob("*.yaml"))
-    assert [path.name for path in files] == ["apiserver-rbac.yaml", "etcdstorage.yaml"]
+    assert [path.name for path in files] == ["apiserver-rbac.yaml", "consumer-rbac.yaml", "etcdstorage.yaml"]
     for path in files:
         control_plane.kubectl("apply", f"--filename={path}")
     before = resource_versions(control_plane, f"--filename={EXAMPLES}")

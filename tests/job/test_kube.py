@@ -17,7 +17,7 @@ import pytest
 
 from certrotation import job, kube, pki
 from etcdstorage import names
-from tests.job.world import APISERVER_NAMESPACE, CLIENT_CERT, T0, captured_logs, lines, new_world
+from tests.job.world import APISERVER_NAMESPACE, CLIENT_CERT, T0, TENANT, C, captured_logs, lines, new_world
 
 TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEyMyJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ"  # a JWT's shape
 
@@ -137,9 +137,11 @@ def test_an_api_error_that_echoes_key_material_reaches_the_log_redacted() -> Non
         assert world.run(T0) == job.EXIT_FAILURES
     [line] = lines(logs, "tenant object failed")
     assert f"object={APISERVER_NAMESPACE}/{CLIENT_CERT}" in line
-    assert "update failed: 422 Invalid: data[tls.key]: Invalid value" in line
+    assert "update refused: 422 Invalid: data[tls.key]: Invalid value" in line
     [value] = echoed
     assert pki.parse_key(base64.b64decode(value))  # what was echoed is a real private key...
-    text = logs.getvalue()
-    for secret in (value, value[:40], TOKEN, TOKEN[:40]):
-        assert secret not in text  # ...and it never reaches the log
+    told = str(world.api.object(kube.Kind.CONFIGMAP, C, names.client_ca_configmap(TENANT))) + str(world.events())
+    assert "data[tls.key]: Invalid value" in told  # the report and the Event say what was refused...
+    for text in (logs.getvalue(), told):
+        for secret in (value, value[:40], TOKEN, TOKEN[:40]):
+            assert secret not in text  # ...and neither they nor the log carry the key

@@ -57,8 +57,9 @@ def test_the_job_is_granted_exactly_the_verbs_it_uses(tmp_path: Path) -> None:
         "name": job.SERVICE_ACCOUNT,
         "namespace": names.DEFAULT_CONTROLLER_NAMESPACE,
     }
-    [cluster_rule] = one(rbac, "ClusterRole")["rules"]
+    [cluster_rule, events_rule] = one(rbac, "ClusterRole")["rules"]
     assert (cluster_rule["apiGroups"], cluster_rule["resources"]) == ([names.GROUP], [names.PLURAL])
+    assert (events_rule["apiGroups"], events_rule["resources"]) == ([""], ["events"])
     [rule] = one(rbac, "Role")["rules"]
     assert sorted(rule["resources"]) == ["configmaps", "secrets"]
 
@@ -72,6 +73,15 @@ def test_the_job_is_granted_exactly_the_verbs_it_uses(tmp_path: Path) -> None:
     used |= {write.verb for write in world.api.writes if write.namespace == C}
     assert set(rule["verbs"]) == used == {"get", "list", "create", "update"}
     assert set(cluster_rule["verbs"]) == world.api.etcdstorage_verbs == {"list"}
+    # Events: told once (create), and told again by the next run (read and counted).
+    failing = new_world()
+    del failing.api.objects[(kube.Kind.SECRET, "k8s-sample-apiserver", "etcd-client-cert")]
+    failing.run(T0)
+    failing.run(T0 + timedelta(minutes=1))
+    event_verbs = {read.verb for read in failing.api.reads if read.kind is kube.Kind.EVENT}
+    event_verbs |= {write.verb for write in failing.api.writes if write.kind is kube.Kind.EVENT}
+    assert set(events_rule["verbs"]) == event_verbs == {"create", "get", "update"}
+    assert {read.verb for read in failing.api.reads if read.kind is kube.Kind.EVENT} == {"get"}  # never a list
     for binding in (one(rbac, "RoleBinding"), one(rbac, "ClusterRoleBinding")):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": job.SERVICE_ACCOUNT, "namespace": names.DEFAULT_CONTROLLER_NAMESPACE}

@@ -1,6 +1,7 @@
-"""The job's rules as table tests over the pure `certrotation.plan.plan`: snapshots in, writes, problems and the report
-out. No Kubernetes API, not even the fake: a snapshot is built from plain dicts, and `settle` stands for a run whose
-every write succeeded (each written body becomes the object, at a new resourceVersion)."""
+"""The job's rules as table tests over the pure `certrotation.plan.plan` and `report_of`: snapshots in, writes,
+problems and the report out. No Kubernetes API, not even the fake: a snapshot is built from plain dicts, and `settle`
+stands for a run whose every write succeeded (each written body becomes the object, at a new resourceVersion), the
+report's included."""
 
 from __future__ import annotations
 
@@ -14,8 +15,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certrotation import fixes, kube, pki, rotation
+from certrotation import plan as plan_module
 from certrotation.kube import Kind, Ref
-from certrotation.plan import CertificateIssued, Core, Observed, Plan, SignerChanged, Snapshot, Verb, plan, secret_data
+from certrotation.plan import (
+    CertificateIssued,
+    Core,
+    Observed,
+    Plan,
+    SignerChanged,
+    Snapshot,
+    Verb,
+    Write,
+    plan,
+    report_of,
+    secret_data,
+)
 from certrotation.rotation import Role
 from etcdstorage import names, report
 from etcdstorage.settings import Settings
@@ -96,11 +110,17 @@ def snapshot(
     )
 
 
+def all_writes(planned: Plan) -> list[Write]:
+    """The plan's writes and, after them, the report's of a pass whose every write succeeded."""
+    last = report_of(planned, {}).write
+    return [*planned.writes, *([last] if last is not None else [])]
+
+
 def settle(objects: Objects, planned: Plan) -> Objects:
-    """The objects after every write of `planned` succeeded."""
+    """The objects after every write of `planned` succeeded, the report's last."""
     settled = dict(objects)
     versions = itertools.count(100)
-    for write in planned.writes:
+    for write in all_writes(planned):
         body = dict(write.body)
         body["metadata"] = {**body["metadata"], "resourceVersion": str(next(versions))}
         settled[write.ref] = body
@@ -133,7 +153,7 @@ def staged(objects: Objects, role: Role) -> bool:
 
 
 def writes(planned: Plan) -> list[tuple[Verb, Ref]]:
-    return [(write.verb, write.ref) for write in planned.writes]
+    return [(write.verb, write.ref) for write in all_writes(planned)]
 
 
 # --- The writes and their order --------------------------------------------------------------------------------------
@@ -150,10 +170,11 @@ def test_a_first_plan_writes_signer_bundles_leaves_and_report_in_that_order() ->
         (Verb.UPDATE, CLIENT_CERT),
         (Verb.UPDATE, CLIENT_CA),  # the report, last
     ]
-    assert [write.follows for write in planned.writes] == [False] * 6 + [True]
+    assert [write.follows for write in all_writes(planned)] == [False] * 6 + [True]
     assert planned.problems == ()
-    assert planned.report is not None
-    assert sorted(planned.report.certificates) == sorted(report.CERTIFICATES)
+    found = report_of(planned, {}).report
+    assert sorted(found.certificates) == sorted(report.CERTIFICATES)
+    assert [delivery.state for delivery in found.deliveries] == [report.State.DELIVERED] * 6
 
 
 def test_an_update_expects_the_resource_version_it_read() -> None:
@@ -259,38 +280,36 @@ def test_the_signer_is_replaced_whole_so_a_discarded_staged_ca_leaves_it() -> No
 
 
 @pytest.mark.parametrize(
-    ("missing", "errors", "expected_problem", "fix_part", "report_written"),
+    ("missing", "errors", "expected_problem", "fix_part", "state"),
     [
-        pytest.param(CLIENT_CERT, {}, "does not exist", "create Secret", True, id="a missing client destination"),
-        pytest.param(SERVING_CA_2, {}, "does not exist", "create ConfigMap", True, id="a missing bundle destination"),
         pytest.param(
-            None,
-            {CLIENT_CERT: FORBIDDEN},
-            "get forbidden",
-            "bind a Role granting get and update",
-            True,
-            id="a destination the job may not read",
+            CLIENT_CERT, {}, "does not exist", "create Secret", report.State.MISSING,
+            id="a missing client destination",
         ),
         pytest.param(
-            None,
-            {SERVER_CERT: FORBIDDEN},
-            "get forbidden",
-            f"apply {fixes.RBAC_MANIFEST}",
-            False,
-            id="an owned certificate the job may not read: no report",
+            SERVING_CA_2, {}, "does not exist", "create ConfigMap", report.State.MISSING,
+            id="a missing bundle destination",
         ),
         pytest.param(
-            None,
-            {CLIENT_CA: FORBIDDEN},
-            "get forbidden",
-            "get, create and update ConfigMaps",
-            False,
-            id="the CA ConfigMap the job may not read: no report",
+            None, {CLIENT_CERT: FORBIDDEN}, "get forbidden", "bind a Role granting get and update",
+            report.State.FORBIDDEN, id="a destination the job may not read",
+        ),
+        pytest.param(
+            None, {SERVER_CERT: FORBIDDEN}, "get forbidden", f"apply {fixes.RBAC_MANIFEST}", report.State.FORBIDDEN,
+            id="an owned certificate the job may not read: reported as such",
+        ),
+        pytest.param(
+            None, {CLIENT_CA: FORBIDDEN}, "get forbidden", "get, create and update ConfigMaps",
+            report.State.FORBIDDEN, id="the CA ConfigMap the job may not read: the report has no place",
         ),
     ],
-)
-def test_an_unusable_object_is_a_problem_with_its_fix_and_the_rest_is_planned(
-    missing: Ref | None, errors: dict[Ref, kube.KubeError], expected_problem: str, fix_part: str, report_written: bool
+)  # fmt: skip
+def test_an_unusable_object_is_a_problem_with_its_fix_and_the_rest_is_planned_and_reported(
+    missing: Ref | None,
+    errors: dict[Ref, kube.KubeError],
+    expected_problem: str,
+    fix_part: str,
+    state: report.State,
 ) -> None:
     objects = precreated()
     if missing is not None:
@@ -300,27 +319,34 @@ def test_an_unusable_object_is_a_problem_with_its_fix_and_the_rest_is_planned(
     assert problem.ref == (missing or next(iter(errors)))
     assert problem.problem == expected_problem
     assert fix_part in problem.fix
+    assert problem.cause is state
     assert problem.ref not in [write.ref for write in planned.writes]
     assert writes(planned)[0] == (Verb.CREATE, SIGNER)
-    assert (planned.report is not None) == report_written
-    assert (writes(planned)[-1] == (Verb.UPDATE, CLIENT_CA)) == report_written
+    reported = report_of(planned, {})
+    assert (reported.write is not None) == (CLIENT_CA not in errors)  # the report goes on the CA ConfigMap
+    [undelivered] = reported.report.undelivered()
+    assert (undelivered.name, undelivered.state, undelivered.message) == (problem.ref.name, state, expected_problem)
+    assert undelivered.fix == problem.fix
+    assert [event.delivery for event in reported.events] == [undelivered]
 
 
-def test_an_unreadable_signer_plans_nothing_else() -> None:
-    planned = plan(snapshot(precreated(), errors={SIGNER: FORBIDDEN}), SETTINGS, T0, new_key=keys())
+def test_an_unreadable_signer_plans_no_write_and_its_report_says_so_for_every_object() -> None:
+    objects = settled_at(T0)
+    planned = plan(snapshot(objects, errors={SIGNER: FORBIDDEN}), SETTINGS, T0 + MINUTE, new_key=keys())
     assert planned.writes == ()
-    assert planned.report is None
     [problem] = planned.problems
     assert (problem.ref, problem.problem) == (SIGNER, "get forbidden")
+    found = report_of(planned, {}).report
+    states = {delivery.name: delivery.state for delivery in found.deliveries}
+    assert states.pop(SIGNER.name) is report.State.FORBIDDEN
+    assert set(states.values()) == {report.State.FAILED}  # held back by the signer
+    # Only what was read is claimed: the leaves in place, no CA.
+    assert sorted(found.certificates) == ["clientCertificate", "servingCertificate"]
 
 
-def test_an_unreadable_core_certificate_keeps_the_report_back_and_a_bad_one_is_reported() -> None:
-    unread = plan(snapshot(precreated(), core=Core("cannot be read", read=False)), SETTINGS, T0, new_key=keys())
-    assert unread.report is None
-    assert writes(unread)[-1] == (Verb.UPDATE, CLIENT_CERT)  # everything but the report
+def test_the_core_certificates_problem_is_reported() -> None:
     bad = plan(snapshot(precreated(), core=Core("expired")), SETTINGS, T0, new_key=keys())
-    assert bad.report is not None
-    assert bad.report.core_certificate_problem == "expired"
+    assert report_of(bad, {}).report.core_certificate_problem == "expired"
 
 
 def test_the_report_covers_the_client_certificate_that_expires_first() -> None:
@@ -336,10 +362,10 @@ def test_the_report_covers_the_client_certificate_that_expires_first() -> None:
         observed, client_cert_destinations=(*observed.client_cert_destinations, Observed(second, objects[second]))
     )
     planned = plan(observed, SETTINGS, T0 + 5 * MINUTE, new_key=keys())
-    assert writes(planned) == [(Verb.UPDATE, second)]  # the report does not change
-    assert planned.report is not None
+    assert writes(planned) == [(Verb.UPDATE, second), (Verb.UPDATE, CLIENT_CA)]  # the report: one more delivery
+    found = report_of(planned, {}).report
     first = certificate(objects, CLIENT_CERT)  # issued at T0, so it expires before the one issued now
-    assert planned.report.certificates["clientCertificate"].notAfter == first.not_valid_after_utc
+    assert found.certificates["clientCertificate"].notAfter == first.not_valid_after_utc
 
 
 # --- A staged CA starts its propagation delay only once every bundle holds it ----------------------------------------
@@ -374,8 +400,7 @@ def test_a_staged_ca_is_marked_published_only_when_every_bundle_of_its_role_hold
     assert {role for role in Role if published(after, role)} == marked
     # The mark is written after every bundle write: a run stopped at a failed bundle write never marks.
     signer_writes = [index for index, write in enumerate(planned.writes) if write.ref == SIGNER]
-    before_report = planned.writes[:-1] if planned.report is not None else planned.writes
-    bundle_writes = [index for index, write in enumerate(before_report) if write.ref.kind is Kind.CONFIGMAP]
+    bundle_writes = [index for index, write in enumerate(planned.writes) if write.ref.kind is Kind.CONFIGMAP]
     assert signer_writes[0] < min(bundle_writes)
     assert signer_writes[-1] > max(bundle_writes)
     assert planned.writes[signer_writes[-1]].follows
@@ -403,8 +428,9 @@ def test_an_unmarked_staged_ca_is_not_promoted_however_long_it_waits_and_is_once
 
 
 def test_each_write_names_the_earlier_writes_it_needs() -> None:
-    """A failed bundle write keeps back the staged CAs' publication and the report; the leaves need only the signer
-    (one API server's refused ConfigMap never keeps the proxies' certificate from being renewed)."""
+    """A failed bundle write keeps back the staged CAs' publication; the leaves need only the signer (one API
+    server's refused ConfigMap never keeps the proxies' certificate from being renewed). The report needs nothing:
+    it is written last, from what was written."""
     planned, _ = run(settled_at(T0), STAGING)
     assert writes(planned) == [
         (Verb.UPDATE, SIGNER),  # 0: staged CAs
@@ -416,5 +442,111 @@ def test_each_write_names_the_earlier_writes_it_needs() -> None:
         (Verb.UPDATE, CLIENT_CERT),  # 6
         (Verb.UPDATE, CLIENT_CA),  # 7: the report
     ]
-    needs = [set(write.needs) for write in planned.writes]
-    assert needs == [set(), {0}, {0}, {0}, {0, 1, 2, 3}, {0}, {0}, set(range(7))]
+    needs = [set(write.needs) for write in all_writes(planned)]
+    assert needs == [set(), {0}, {0}, {0}, {0, 1, 2, 3}, {0}, {0}, set()]
+
+
+# --- The report says what was delivered ------------------------------------------------------------------------------
+
+
+def test_the_report_is_for_this_etcdstorages_uid() -> None:
+    planned, _ = run(precreated(), T0)
+    assert report_of(planned, {}).report.report_for == storage().uid
+
+
+def test_a_failed_write_is_reported_with_its_class_and_the_certificate_still_in_place() -> None:
+    objects = settled_at(T0)
+    held = certificate(objects, CLIENT_CERT)
+    planned = plan(snapshot(objects), SETTINGS, T0 + 21 * MINUTE, new_key=keys())  # both leaves due
+    position = next(i for i, write in enumerate(planned.writes) if write.ref == CLIENT_CERT)
+    refused = fixes.failed(CLIENT_CERT, kube.ApiError(422, "Invalid", "denied by a policy"), "update", C)
+    reported = report_of(planned, {position: refused})
+    [undelivered] = reported.report.undelivered()
+    assert (undelivered.name, undelivered.state) == (CLIENT_CERT.name, report.State.INVALID)
+    assert undelivered.certificate is not None
+    assert undelivered.certificate.notAfter == held.not_valid_after_utc
+    assert reported.report.certificates["clientCertificate"].notAfter == held.not_valid_after_utc
+    served = reported.report.certificates["servingCertificate"].notAfter
+    assert served > certificate(objects, SERVER_CERT).not_valid_after_utc  # renewed, and in place
+    assert reported.write is not None  # written all the same
+
+
+# --- One destination, one owner --------------------------------------------------------------------------------------
+
+
+def claimant(name: str, created: str, **changes: Any) -> dict[str, Any]:
+    obj = etcdstorage(name, **SPEC)
+    obj["metadata"].update(uid=f"uid-{name}", creationTimestamp=created, **changes)
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("objects", "owner"),
+    [
+        pytest.param([claimant("b", "2024-01-01T00:00:00Z"), claimant("a", "2024-02-01T00:00:00Z")], "b",
+                     id="the oldest, whatever its name"),
+        pytest.param([claimant("b", "2024-01-01T00:00:00Z"), claimant("a", "2024-01-01T00:00:00Z")], "a",
+                     id="created in the same second: by name"),
+        pytest.param([claimant("b", "2024-01-01T00:00:00Z", deletionTimestamp="2024-03-01T00:00:00Z"),
+                      claimant("a", "2024-02-01T00:00:00Z")], "a", id="a going EtcdStorage claims nothing"),
+        pytest.param([{**claimant("b", "2024-01-01T00:00:00Z"), "spec": {"replicas": 0}},
+                      claimant("a", "2024-02-01T00:00:00Z")], "a", id="an invalid EtcdStorage claims nothing"),
+    ],
+)  # fmt: skip
+def test_a_destination_is_owned_by_the_oldest_etcdstorage_naming_it(objects: list[dict[str, Any]], owner: str) -> None:
+    owners = plan_module.destination_owners(objects)
+    assert {owners[ref] for ref in (SERVING_CA, SERVING_CA_2, CLIENT_CERT)} == {owner}
+
+
+def test_a_destination_another_etcdstorage_owns_is_not_written_and_its_staged_ca_waits() -> None:
+    objects = settled_at(T0)
+    observed = dataclasses.replace(snapshot(objects), claimed={SERVING_CA_2: "older", CLIENT_CERT: "older"})
+    planned = plan(observed, SETTINGS, STAGING, new_key=keys())
+    assert {SERVING_CA_2, CLIENT_CERT}.isdisjoint(write.ref for write in planned.writes)
+    assert [(problem.ref, problem.cause) for problem in planned.problems] == [
+        (SERVING_CA_2, report.State.CONFLICT),
+        (CLIENT_CERT, report.State.CONFLICT),
+    ]
+    after = settle(objects, planned)
+    assert not published(after, Role.SERVING)  # a bundle of the role does not hold it: the delay never starts
+    assert published(after, Role.CLIENT)
+    found = report_of(planned, {}).report
+    assert "clientCertificate" not in found.certificates  # what the Secret holds is the other one's
+    assert all("EtcdStorage older" in delivery.message for delivery in found.undelivered())
+
+
+# --- Signer loss --------------------------------------------------------------------------------------------------
+
+
+def without(objects: Objects, *keys_removed: str) -> Objects:
+    data = {key: value for key, value in objects[SIGNER]["data"].items() if key not in keys_removed}
+    return {**objects, SIGNER: {**objects[SIGNER], "data": data}}
+
+
+LOSSES: Final[dict[str, tuple[Callable[[Objects], Objects], set[Role]]]] = {
+    "deleted": (lambda objects: {ref: obj for ref, obj in objects.items() if ref != SIGNER}, set(Role)),
+    "the serving key removed": (lambda objects: without(objects, "serving-signer.key"), {Role.SERVING}),
+    "the client certificate removed": (lambda objects: without(objects, "client-signer.crt"), {Role.CLIENT}),
+}
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_a_lost_signer_stages_a_new_ca_next_to_what_the_bundles_hold_and_reissues_nothing_yet(loss: str) -> None:
+    damage, lost = LOSSES[loss]
+    objects = damage(settled_at(T0))
+    planned, after = run(objects, T0 + 5 * MINUTE)
+    assert {event.role for event in planned.lost} == lost
+    assert {SERVER_CERT, CLIENT_CERT}.isdisjoint(write.ref for write in planned.writes)  # the leaves keep serving
+    data = signer_data(after)
+    for role in lost:
+        keys_of = rotation.signer_keys(role)
+        assert keys_of.cert not in data  # no CA signs until the staged one is promoted
+        assert keys_of.next_cert in data
+        assert rotation.Reason.SIGNER_LOST in next(
+            step.reasons for write in planned.writes for step in write.events
+            if isinstance(step, SignerChanged) and step.role is role
+        )  # fmt: skip
+    assert len(pki.parse_certs(after[SERVING_CA]["data"][names.SERVING_CA_KEY].encode())) == (
+        2 if Role.SERVING in lost else 1
+    )
+    assert report_of(planned, {}).report.signer_lost

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.x509 import verification
 
 from certrotation import job, kube, pki
-from etcdstorage import names
+from etcdstorage import names, report
 from etcdstorage.settings import Settings
 from etcdstorage.spec import KeyAlgorithm
 from tests.job.fake import FakeApi
@@ -75,14 +75,46 @@ class World:
         serving_ca = self.api.configmap_data(namespace, configmap)[names.SERVING_CA_KEY]
         return ApiServer(client[names.TLS_CRT], client[names.TLS_KEY], serving_ca.encode())
 
-    def add_tenant(self, name: str, namespace: str, *, precreate: bool = True, **spec: Any) -> None:
+    def report(self, tenant: str = TENANT) -> report.Report:
+        """What the hook reads of the tenant's `<N>-ca-cert`."""
+        configmap = self.api.object(kube.Kind.CONFIGMAP, C, names.client_ca_configmap(tenant))
+        found = report.from_annotations(configmap["metadata"].get("annotations") or {})
+        assert found is not None, "no report"
+        return found
+
+    def events(self, tenant: str = TENANT) -> list[dict[str, Any]]:
+        """The Events about the tenant's EtcdStorage, as `kubectl describe` finds them (by the involved object)."""
+        uid = self.api.etcdstorages[tenant]["metadata"]["uid"]
+        return [
+            obj
+            for (kind, _, _), obj in sorted(self.api.objects.items())
+            if kind is kube.Kind.EVENT and obj["involvedObject"]["uid"] == uid
+        ]
+
+    def reasons(self, tenant: str = TENANT) -> dict[str, int]:
+        """Each Event reason told about the tenant, with its count."""
+        counted: dict[str, int] = {}
+        for event in self.events(tenant):
+            counted[event["reason"]] = counted.get(event["reason"], 0) + event["count"]
+        return counted
+
+    def add_tenant(
+        self, name: str, namespace: str, *, precreate: bool = True, created: str = "2024-01-01T00:00:00Z", **spec: Any
+    ) -> None:
         spec.setdefault("caCertConfigMap", [{"name": SERVING_CA, "namespace": namespace}])
         spec.setdefault("clientCertSecret", [{"name": CLIENT_CERT, "namespace": namespace}])
-        self.api.add_etcdstorage(etcdstorage(name, **spec))
+        obj = etcdstorage(name, **spec)
+        obj["metadata"]["creationTimestamp"] = created
+        obj["metadata"].pop("uid")  # each its own
+        self.api.add_etcdstorage(obj)
         if precreate:
             for destination in spec["caCertConfigMap"]:
+                if (kube.Kind.CONFIGMAP, destination["namespace"], destination["name"]) in self.api.objects:
+                    continue
                 self.api.put(kube.Kind.CONFIGMAP, destination["namespace"], destination["name"], {})
             for destination in spec["clientCertSecret"]:
+                if (kube.Kind.SECRET, destination["namespace"], destination["name"]) in self.api.objects:
+                    continue
                 self.api.put(
                     kube.Kind.SECRET,
                     destination["namespace"],

@@ -130,6 +130,28 @@ CASES: list[Case] = [
         caCertConfigMap=[{"name": "a." * 126 + "ab", "namespace": "a"}],
     ),
     refused("an unknown key algorithm", "spec.keyAlgorithm", keyAlgorithm="DSA"),
+    accepted(
+        "a Deployment and a StatefulSet as consumers",
+        consumers=[
+            {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "tenant", "name": "api"},
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "namespace": "tenant", "name": "api"},
+        ],
+    ),
+    refused(
+        "a DaemonSet as consumer",
+        "spec.consumers[0].kind",
+        consumers=[{"apiVersion": "apps/v1", "kind": "DaemonSet", "namespace": "tenant", "name": "api"}],
+    ),
+    refused(
+        "a consumer of another API version",
+        "spec.consumers[0].apiVersion",
+        consumers=[{"apiVersion": "apps/v1beta1", "kind": "Deployment", "namespace": "tenant", "name": "api"}],
+    ),
+    refused(
+        "a consumer in a namespace with a dot",
+        "spec.consumers[0].namespace",
+        consumers=[{"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "a.b", "name": "api"}],
+    ),
     accepted("deletionPolicy Delete", deletionPolicy="Delete"),
     accepted("deletionPolicy Retain", deletionPolicy="Retain"),
     refused("a deletion policy in the wrong case", "spec.deletionPolicy", deletionPolicy="delete"),

@@ -276,7 +276,7 @@ def test_a_ca_due_for_renewal_is_staged_then_promoted_after_the_delay_then_retir
     due = T0 + 20 * DAY
     staged, data = plan(data, due)
     assert actions(staged) == ["staged"]
-    assert staged.signer.current.cert == ca.cert
+    assert staged.signer.signing.cert == ca.cert
     assert staged.signer.next is not None
     assert [c.serial_number for c in staged.signer.bundle(due)] == [
         staged.signer.next.cert.serial_number,
@@ -291,17 +291,17 @@ def test_a_ca_due_for_renewal_is_staged_then_promoted_after_the_delay_then_retir
     delay = rotation.propagation_delay(staged.signer.next.cert, ca.cert, due, HOUR)
     assert delay == 3 * DAY  # a tenth of 30 days
     not_yet, _ = plan(published, due + delay - timedelta(seconds=1))
-    assert not_yet.signer.current.cert == ca.cert
+    assert not_yet.signer.signing.cert == ca.cert
 
     promoted, data = plan(published, due + delay)
     assert actions(promoted) == ["promoted"]
-    assert promoted.signer.current.cert == staged.signer.next.cert
+    assert promoted.signer.signing.cert == staged.signer.next.cert
     assert promoted.signer.retired == (ca.cert,)
     assert ca.cert in promoted.signer.bundle(due + delay)
 
     expired, data = plan(data, ca.cert.not_valid_after_utc)
     assert expired.signer.retired == ()
-    assert expired.signer.bundle(ca.cert.not_valid_after_utc) == [promoted.signer.current.cert]
+    assert expired.signer.bundle(ca.cert.not_valid_after_utc) == [promoted.signer.signing.cert]
     assert rotation.signer_keys(Role.CLIENT).retired not in data
 
 
@@ -311,14 +311,14 @@ def test_an_expired_ca_is_replaced_at_once_by_the_staged_one_if_there_is_one(ca:
     result, _ = plan(data, T0 + 31 * DAY)
     assert actions(result) == ["promoted"]
     assert result.steps[0].reasons == (Reason.EXPIRED,)
-    assert result.signer.current.cert == staged.cert
+    assert result.signer.signing.cert == staged.cert
 
 
 def test_an_expired_ca_without_a_staged_one_is_replaced_by_a_new_one(ca: pki.KeyPair) -> None:
     data = rotation.encode_signer(Role.CLIENT, rotation.Signer(ca))
     result, _ = plan(data, T0 + 31 * DAY)
     assert actions(result) == ["issued"]
-    assert result.signer.current.cert != ca.cert
+    assert result.signer.signing.cert != ca.cert
     assert result.signer.retired == ()  # expired: trusted by nobody
 
 
@@ -360,7 +360,7 @@ def test_an_unreadable_publication_time_only_delays_the_promotion(ca: pki.KeyPai
     data = rotation.encode_signer(Role.CLIENT, rotation.Signer(ca, new_ca(T0 + 20 * DAY), T0 + 20 * DAY))
     data[rotation.signer_keys(Role.CLIENT).next_published] = b"yesterday"
     result, _ = plan(data, T0 + 29 * DAY)
-    assert result.signer.current.cert == ca.cert
+    assert result.signer.signing.cert == ca.cert
 
 
 # --- The rotation timeline as a property ---------------------------------------------------------------------------
@@ -401,7 +401,7 @@ def test_over_any_timeline_trust_never_breaks(
         )
         signer = result.signer
         bundle = signer.bundle(now)
-        current = signer.current.cert
+        current = signer.signing.cert
         assert current.not_valid_before_utc <= now < current.not_valid_after_utc
         assert current in bundle
         if signer.next is not None:

@@ -408,3 +408,100 @@ def test_an_invalid_parent_being_finalized_is_let_go_instead_of_refused_forever(
     assert answer["finalized"] is True
     assert answer["children"] == []
     assert answer["status"] == status
+
+
+# --- What the job delivered ------------------------------------------------------------------------------------------
+
+UID = ORIGINAL_EXAMPLE["metadata"]["uid"]
+SECRET = {"kind": "Secret", "namespace": "k8s-sample-apiserver", "name": "etcd-client-cert", "destination": True}
+
+
+def delivered(holds: report.Holds, **where: Any) -> report.Delivery:
+    return report.Delivery(holds=holds, state=report.State.DELIVERED, **where)
+
+
+def with_deliveries(*deliveries: report.Delivery, **changes: Any) -> dict[str, Any]:
+    """A tenant with every child observed, and a report of the job's saying `deliveries`."""
+    found = report_for(NOW).model_copy(update={"report_for": UID, "deliveries": deliveries, **changes})
+    request = sync_request(ORIGINAL_EXAMPLE, related=related("sample-apiserver", report.to_annotations(found)))
+    return with_children(request, run(request))
+
+
+def refused(state: report.State, **where: Any) -> report.Delivery:
+    return report.Delivery(
+        holds=report.Holds.CLIENT_CERTIFICATE, state=state, message="update forbidden", fix="bind a Role", **where
+    )
+
+
+OWNED = {"kind": "Secret", "namespace": NS, "name": "sample-apiserver-server-cert"}
+
+
+@pytest.mark.parametrize(
+    ("delivery", "reason"),
+    [
+        pytest.param(refused(report.State.MISSING, **SECRET), "DestinationMissing", id="a missing destination"),
+        pytest.param(refused(report.State.FORBIDDEN, **SECRET), "DestinationForbidden", id="a forbidden destination"),
+        pytest.param(refused(report.State.INVALID, **SECRET), "DestinationInvalid", id="a refused destination"),
+        pytest.param(refused(report.State.CONFLICT, **SECRET), "DestinationConflict", id="another's destination"),
+        pytest.param(refused(report.State.FAILED, **SECRET), "DestinationFailed", id="no answer"),
+        pytest.param(refused(report.State.FORBIDDEN, **OWNED), "DeliveryForbidden", id="an owned object forbidden"),
+    ],
+)
+def test_an_object_the_job_did_not_deliver_makes_certificates_and_ready_false_naming_it_and_the_fix(
+    delivery: report.Delivery, reason: str
+) -> None:
+    answer = run(with_deliveries(delivered(report.Holds.SIGNER, **{**OWNED, "name": "sample-apiserver-signer"}),
+                                 delivery))  # fmt: skip
+    certificates, ready = condition(answer, "CertificatesReady"), condition(answer, "Ready")
+    assert (certificates["status"], certificates["reason"]) == ("False", reason)
+    assert (ready["status"], ready["reason"]) == ("False", reason)
+    assert (
+        f"{delivery.kind} {delivery.namespace}/{delivery.name} update forbidden (fix: bind a Role)"
+        in (certificates["message"])
+    )
+    assert answer["resyncAfterSeconds"] == SETTINGS.waiting_resync_seconds
+
+
+def test_status_shows_what_each_destination_holds() -> None:
+    times = report_for(NOW).certificates["clientCertificate"]
+    configmap = {
+        "kind": "ConfigMap",
+        "namespace": "k8s-sample-apiserver",
+        "name": "etcd-serving-ca",
+        "destination": True,
+    }
+    answer = run(
+        with_deliveries(
+            delivered(report.Holds.SERVING_CA_BUNDLE, **configmap),
+            refused(report.State.FORBIDDEN, certificate=times, **SECRET),
+        )
+    )
+    assert answer["status"]["destinations"] == [
+        {"kind": "ConfigMap", "namespace": "k8s-sample-apiserver", "name": "etcd-serving-ca",
+         "holds": "servingCABundle", "state": "Delivered"},
+        {"kind": "Secret", "namespace": "k8s-sample-apiserver", "name": "etcd-client-cert",
+         "holds": "clientCertificate", "state": "Forbidden", "message": "update forbidden", "fix": "bind a Role",
+         "certificate": report.times(times)},
+    ]  # fmt: skip
+
+
+def test_every_object_delivered_is_ready() -> None:
+    answer = run(with_deliveries(delivered(report.Holds.CLIENT_CERTIFICATE, **SECRET)))
+    assert condition(answer, "Ready")["status"] == "True"
+    assert answer["status"]["destinations"][0]["state"] == "Delivered"
+
+
+def test_a_signer_being_recovered_is_signer_lost_until_the_recovery_completes() -> None:
+    answer = run(with_deliveries(signer_lost="the serving CA is lost; a new one is staged"))
+    certificates = condition(answer, "CertificatesReady")
+    assert (certificates["status"], certificates["reason"]) == ("False", "SignerLost")
+    assert "sample-apiserver-signer lost its CA: the serving CA is lost" in certificates["message"]
+    assert condition(answer, "Ready")["reason"] == "SignerLost"
+
+
+def test_a_report_written_for_another_uid_is_stale() -> None:
+    answer = run(with_deliveries(report_for="00000000-0000-0000-0000-00000000dead"))
+    certificates = condition(answer, "CertificatesReady")
+    assert (certificates["status"], certificates["reason"]) == ("False", "StaleCertificateReport")
+    assert "written for EtcdStorage uid 00000000-0000-0000-0000-00000000dead" in certificates["message"]
+    assert UID in certificates["message"]
