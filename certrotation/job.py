@@ -9,12 +9,13 @@ meets a concurrent change. Only `certrotation.kube` talks to Kubernetes. Never l
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import IO, Final
+from typing import IO, Any, Final
 
 from certrotation import apply, consumers, events, fixes, gather, kube, plan, purge
 from etcdstorage import settings as settings_module
@@ -65,22 +66,22 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
     core = _core_certificate(api, settings, now, listed)
     summary = _Summary(tenants=len(objects), core_problem=bool(core.problem))
     owners = plan.destination_owners(objects)  # one destination, one owner: never written alternately
-    for obj in sorted(objects, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
-        try:
-            tenant = parse(obj)
-        except InvalidSpec as error:
-            summary.failed += 1
-            _log(logging.ERROR, "tenant skipped: invalid spec", tenant=error.name, problem=str(error))
-            continue
-        if tenant.deleting:  # no certificates for a going tenant; its keys go with deletionPolicy Delete
-            summary.failed += purge.going(api, settings, tenant, listed, now)
-            continue
-        outcome = _reconcile(api, settings, tenant, core, now, listed=listed, owners=owners)
-        outcome.failed |= consumers.roll(api, settings, tenant)  # after the certificates: roll onto them
+    ordered = sorted(objects, key=lambda o: str((o.get("metadata") or {}).get("name", "")))
+
+    def one(obj: dict[str, Any]) -> _Outcome:
+        return _tenant(api, settings, obj, core, now, listed=listed, owners=owners)
+
+    if settings.job_workers == 1 or len(ordered) < 2:
+        outcomes = [one(obj) for obj in ordered]
+    else:
+        # Tenants are independent (each writes only its own objects and destinations, which `owners` keeps
+        # apart), so their passes overlap; their requests are what takes the time, not the Python.
+        with concurrent.futures.ThreadPoolExecutor(settings.job_workers, thread_name_prefix="tenant") as pool:
+            outcomes = list(pool.map(one, ordered))
+    for outcome in outcomes:
         summary.issued += outcome.issued
         summary.written += outcome.written
-        if outcome.failed:
-            summary.failed += 1
+        summary.failed += outcome.failed
     _log(
         logging.INFO if summary.ok else logging.WARNING,
         "run finished",
@@ -91,6 +92,23 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
         core_certificate_ok=not summary.core_problem,
     )
     return EXIT_OK if summary.ok else EXIT_FAILURES
+
+
+def _tenant(
+    api: kube.Api, settings: Settings, obj: dict[str, Any], core: plan.Core, now: datetime, *,
+    listed: gather.Listed | None, owners: dict[kube.Ref, str],
+) -> _Outcome:  # fmt: skip
+    """One EtcdStorage's part of the pass: its certificates, then its consumers; or, when it is going, its keys."""
+    try:
+        tenant = parse(obj)
+    except InvalidSpec as error:
+        _log(logging.ERROR, "tenant skipped: invalid spec", tenant=error.name, problem=str(error))
+        return _Outcome(failed=True)
+    if tenant.deleting:  # no certificates for a going tenant; its keys go with deletionPolicy Delete
+        return _Outcome(failed=purge.going(api, settings, tenant, listed, now))
+    outcome = _reconcile(api, settings, tenant, core, now, listed=listed, owners=owners)
+    outcome.failed |= consumers.roll(api, settings, tenant)  # after the certificates: roll onto them
+    return outcome
 
 
 @dataclasses.dataclass

@@ -38,6 +38,8 @@ class Settings:
     # The job: the tenant proxy's binary, which deletes a going tenant's keys (deletionPolicy Delete); on PATH in the
     # image (/usr/local/bin).
     tenant_proxy_binary: str = "tenant-proxy"
+    # The job: how many tenants' passes overlap (their requests to the API server are what takes the time).
+    job_workers: int = 8
     cluster_domain: str = "cluster.local"
     replicas: int = 3
     # Seconds until Metacontroller calls again while waiting for certificates or for proxies to become available.
@@ -151,6 +153,7 @@ _PARSERS: Final = {
     "PROXY_IMAGE": ("proxy_image", _image),
     "KEY_PREFIX_ROOT": ("key_prefix_root", _prefix_root),
     "TENANT_PROXY_BINARY": ("tenant_proxy_binary", _command),
+    "JOB_WORKERS": ("job_workers", _positive_int),
     "CLUSTER_DOMAIN": ("cluster_domain", _dns_subdomain),
     "REPLICAS": ("replicas", _positive_int),
     "WAITING_RESYNC_SECONDS": ("waiting_resync_seconds", _positive_int),
