@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from certrotation import plan
-from certrotation.rotation import Reason
+from certrotation.rotation import Reason, Role
 from etcdstorage import names, report
 from etcdstorage.spec import EtcdStorage
 from etcdstorage.times import rfc3339
@@ -33,6 +33,9 @@ FOREIGN_CERTIFICATE_REPLACED: Final = "ForeignCertificateReplaced"  # a valid ce
 SIGNER_LOST: Final = "SignerLost"
 DELIVERY_FAILED: Final = "DeliveryFailed"
 DESTINATION_CONFLICT: Final = "DestinationConflict"
+RENEW_REQUESTED: Final = "RenewRequested"  # the renew annotation's new value: the leaves are issued anew
+CA_ROTATION_REQUESTED: Final = "CARotationRequested"  # the rotate-ca annotation's new value: both CAs rotate
+ROTATION_REQUEST_REFUSED: Final = "RotationRequestRefused"  # an annotation value that is no request: nothing done
 
 MAX_MESSAGE: Final = 1024  # characters, as events.k8s.io's note
 _NAME_DIGEST: Final = 16  # hex characters of the digest in an Event's name
@@ -85,9 +88,32 @@ def worded(event: plan.Event, tenant: EtcdStorage, namespace: str) -> list[tuple
             "keep working, and it signs after the propagation delay"
         )
         return [(WARNING, SIGNER_LOST, told)]
+    if isinstance(event, plan.RotationRequested | plan.RequestRefused):
+        return [_request(event)]
     delivery = event.delivery
     reason = DESTINATION_CONFLICT if delivery.state is report.State.CONFLICT else DELIVERY_FAILED
     return [(WARNING, reason, f"{delivery.where()}: {delivery.message}; fix: {delivery.fix}")]
+
+
+def _request(event: plan.RotationRequested | plan.RequestRefused) -> tuple[str, str, str]:
+    """A manual rotation request: what is done for it, or why nothing is."""
+    if isinstance(event, plan.RequestRefused):
+        return WARNING, ROTATION_REQUEST_REFUSED, event.problem
+    asked = f"annotation {event.annotation}={event.value}"
+    if event.annotation == names.ANNOTATION_RENEW:
+        return (
+            NORMAL,
+            RENEW_REQUESTED,
+            f"{asked}: issuing the proxies' serving certificate and every client certificate anew",
+        )
+    staged = " and ".join(f"{role} CA" for role in event.staged)
+    others = " and ".join(f"{role} CA" for role in Role if role not in event.staged)
+    parts = (
+        [f"staged a new {staged}; it signs once every bundle has held it for the propagation delay"] if staged else []
+    )
+    if others:
+        parts.append(f"the {others} rotation already in progress (or recovery) takes the request over")
+    return NORMAL, CA_ROTATION_REQUESTED, f"{asked}: {'; '.join(parts)}"
 
 
 def _because(text: str, event: plan.SignerChanged | plan.CertificateIssued) -> str:

@@ -14,6 +14,13 @@ Policies decided here:
 - A valid certificate in a destination that no CA of the tenant's bundle signed (a foreign one: put there by hand, or
   left by another issuer) is replaced, with reason `foreign-issuer`: the proxies trust only the tenant's client CA,
   so keeping it would keep the API server out. The Event and the log name its issuer.
+- Manual rotation, once per new value of the EtcdStorage's annotations, and never twice for a run that dies half-way:
+  what was acted on is written by the very write that acts. `renew`: each leaf whose Secret's `renewed-for` is not
+  the value is issued anew, and that write sets it (a leaf that cannot be written now is the next run's; a signer
+  recovering from its loss issues nothing before its new CA is promoted). `rotate-ca`: while `<N>-signer`'s
+  `ca-rotated-for` is not the value, both roles are asked to rotate (`rotation.plan_signer`: a role already rotating
+  takes the request over, never a second staged CA), and the signer write sets it. The report on `<N>-ca-cert` says
+  which value was acted on and when (renew: once every leaf holds it); it is carried over from run to run.
 """
 
 from __future__ import annotations
@@ -147,7 +154,24 @@ class NotDelivered:
     delivery: report.Delivery
 
 
-Event = SignerChanged | CertificateIssued | SignerLost | NotDelivered
+@dataclasses.dataclass(frozen=True)
+class RotationRequested:
+    """A manual rotation request (`annotation`: names.ANNOTATION_RENEW or ANNOTATION_ROTATE_CA) that a write carries
+    out. For rotate-ca, `staged`: the roles whose new CA it staged; the others' rotation in progress takes it over."""
+
+    annotation: str
+    value: str
+    staged: tuple[Role, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRefused:
+    """An annotation of the EtcdStorage that is not a valid request: nothing is done for it (told on every pass)."""
+
+    problem: str
+
+
+Event = SignerChanged | CertificateIssued | SignerLost | NotDelivered | RotationRequested | RequestRefused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +204,16 @@ class Target:
 
 
 @dataclasses.dataclass(frozen=True)
+class Acting:
+    """A manual rotation request in force, as the plan leaves it: acted on once it is `complete` and each of its
+    `writes` (positions) was written; the report then says `record`."""
+
+    record: report.Acted
+    writes: frozenset[int] = frozenset()
+    complete: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     tenant: EtcdStorage
     writes: tuple[Write, ...]  # in order; any prefix of them leaves a state the next run completes safely
@@ -188,16 +222,21 @@ class Plan:
     report_on: Observed  # <N>-ca-cert as read: the report goes on it, after the writes
     core_problem: str = ""
     lost: tuple[SignerLost, ...] = ()  # the roles recovering from the loss of their CA
+    # What the report said was acted on, as read.
+    recorded: report.ManualRotation = dataclasses.field(default_factory=report.ManualRotation)
+    renew: Acting | None = None  # the renew annotation's request, when the EtcdStorage has one
+    rotate_ca: Acting | None = None  # the rotate-ca annotation's
+    refused: tuple[RequestRefused, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Reported:
     """The report of a pass, the write that puts it on `<N>-ca-cert` (None when there is nothing to change or no
-    object to put it on), and what the pass did not deliver."""
+    object to put it on), and the Events of the outcome: what the pass did not deliver, the requests it refused."""
 
     report: report.Report
     write: Write | None
-    events: tuple[NotDelivered, ...]
+    events: tuple[NotDelivered | RequestRefused, ...]
 
 
 # --- Planning ---------------------------------------------------------------------------------------------------------
@@ -206,7 +245,7 @@ class Reported:
 def plan(snapshot: Snapshot, settings: Settings, now: datetime, *, new_key: KeyFactory = pki.new_key) -> Plan:
     """The tenant's writes at time `now`; new keys come from `new_key`."""
     tenant, namespace = snapshot.tenant, settings.namespace
-    draft = _Draft(snapshot, namespace)
+    draft = _Draft(snapshot, namespace, now)
     if snapshot.signer.error is not None:  # nothing is safe without the CAs that exist: no bundle, no leaf
         failed = fixes.failed(snapshot.signer.ref, snapshot.signer.error, "get", namespace)
         draft.problem(failed)
@@ -216,9 +255,18 @@ def plan(snapshot: Snapshot, settings: Settings, now: datetime, *, new_key: KeyF
             draft.target(observed, holds, problem=held_back, before=_held(observed, holds, tenant))
         return draft.plan()
 
-    # 1. The signer first: a CA is stored before anything trusts it or is signed by it.
-    signers, steps, before = _signers(snapshot, settings, now, new_key)
-    cas_stored = draft.put(snapshot.signer, _signer_data(signers), whole_data=True, events=steps)  # all else needs it
+    # 1. The signer first: a CA is stored before anything trusts it or is signed by it. A rotate-ca request is
+    # recorded on it by the write that stages its CAs.
+    rotate_ca = _rotate_ca_request(snapshot)
+    signers, steps, before = _signers(snapshot, settings, now, new_key, requested=rotate_ca)
+    told: tuple[Event, ...] = steps
+    acted = None
+    if rotate_ca:
+        acted = {names.ANNOTATION_CA_ROTATED_FOR: rotate_ca}
+        told = (*steps, _rotation_requested(rotate_ca, steps))
+    cas_stored = draft.put(snapshot.signer, _signer_data(signers), annotations=acted, whole_data=True, events=told)
+    if tenant.rotate_ca:
+        draft.rotating(writes=cas_stored if rotate_ca else frozenset())
     after = {_CA_NAMES[role]: _times(signer.signing.cert, tenant) for role, signer in signers.items()}
     draft.target(snapshot.signer, Holds.SIGNER, writes=cas_stored, after=after, before=before)
     for role, signer in signers.items():
@@ -269,10 +317,22 @@ def _objects_after_signer(snapshot: Snapshot) -> list[tuple[Observed, Holds]]:
     ]
 
 
+def _rotate_ca_request(snapshot: Snapshot) -> str:
+    """The rotate-ca value this pass acts on: the EtcdStorage's, unless `<N>-signer` says it was acted on."""
+    value = snapshot.tenant.rotate_ca
+    return value if value and _annotation(snapshot.signer.obj, names.ANNOTATION_CA_ROTATED_FOR) != value else ""
+
+
+def _rotation_requested(value: str, steps: Iterable[SignerChanged]) -> RotationRequested:
+    staged = tuple(step.role for step in steps if step.action == "staged" and Reason.ROTATION_REQUESTED in step.reasons)
+    return RotationRequested(names.ANNOTATION_ROTATE_CA, value, staged)
+
+
 def _signers(
-    snapshot: Snapshot, settings: Settings, now: datetime, new_key: KeyFactory
+    snapshot: Snapshot, settings: Settings, now: datetime, new_key: KeyFactory, *, requested: str
 ) -> tuple[dict[Role, rotation.Signer], tuple[SignerChanged, ...], dict[str, report.CertificateTimes]]:
-    """Each role's signer after this pass, what changed, and the times of the CAs stored now (those usable)."""
+    """Each role's signer after this pass, what changed, and the times of the CAs stored now (those usable);
+    `requested`: a rotate-ca value to act on, for both roles."""
     tenant = snapshot.tenant
     stored = secret_data(snapshot.signer.obj)
     want = rotation.Want(tenant.signing_validity, tenant.key_algorithm, tenant.renew_before)
@@ -292,6 +352,7 @@ def _signers(
             minimum_delay=settings.ca_propagation_delay,
             new_ca=_ca_factory(tenant, role, now, new_key),
             in_bundles=_in_bundles(snapshot, role),
+            requested=requested,
         )
         signers[role] = planned.signer
         events.extend(SignerChanged(role, step.action, step.reasons) for step in planned.steps)
@@ -402,9 +463,20 @@ def report_of(planned: Plan, unsent: Mapping[int, Problem]) -> Reported:
         report_for=planned.tenant.uid,
         deliveries=tuple(deliveries),
         signer_lost="; ".join(_lost_message(lost) for lost in planned.lost),
+        manual_rotation=report.ManualRotation(
+            renew=_acted(planned.recorded.renew, planned.renew, unsent),
+            rotateCA=_acted(planned.recorded.rotateCA, planned.rotate_ca, unsent),
+        ),
     )
-    events = tuple(NotDelivered(delivery) for delivery in deliveries if not delivery.delivered)
-    return Reported(found, _report_write(planned, found, unsent), events)
+    undelivered = (NotDelivered(delivery) for delivery in deliveries if not delivery.delivered)
+    return Reported(found, _report_write(planned, found, unsent), (*undelivered, *planned.refused))
+
+
+def _acted(recorded: report.Acted | None, acting: Acting | None, unsent: Mapping[int, Problem]) -> report.Acted | None:
+    """What the report says was acted on for a request: this pass's, once done; else as it was recorded."""
+    if acting is None or not acting.complete or unsent.keys() & acting.writes:
+        return recorded
+    return acting.record
 
 
 def _delivery(target: Target, problem: Problem | None, held: Mapping[str, report.CertificateTimes]) -> report.Delivery:
@@ -477,15 +549,20 @@ class _Draft:
     """The plan being drawn up: its writes, problems and targets so far, and each object as those writes leave it (a
     second write to an object builds on the first)."""
 
-    def __init__(self, snapshot: Snapshot, namespace: str) -> None:
+    def __init__(self, snapshot: Snapshot, namespace: str, now: datetime) -> None:
         self._snapshot = snapshot
         self._tenant = snapshot.tenant
         self._namespace = namespace  # the controller's, whose ServiceAccount the fixes name
+        self._now = now
         self._writes: list[Write] = []
         self._problems: list[Problem] = []
         self._targets: dict[Ref, Target] = {}
         self._lost: list[SignerLost] = []
         self._planned: dict[Ref, Mapping[str, Any]] = {}
+        # The report's record of manual rotation as read (when it is this EtcdStorage's), and this pass's part in it.
+        self._recorded = report.manual_rotation(_metadata(snapshot.client_ca.obj).get("annotations"), self._tenant.uid)
+        self._renew: Acting | None = None
+        self._rotate_ca: Acting | None = None
 
     def positions(self, refs: Iterable[Ref] | None = None) -> frozenset[int]:
         """The writes planned so far (to `refs` only, if given)."""
@@ -493,16 +570,32 @@ class _Draft:
         return frozenset(i for i, write in enumerate(self._writes) if wanted is None or write.ref in wanted)
 
     def plan(self) -> Plan:
-        snapshot = self._snapshot
+        snapshot, tenant = self._snapshot, self._tenant
         return Plan(
-            tenant=self._tenant,
+            tenant=tenant,
             writes=tuple(self._writes),
             problems=tuple(self._problems),
             targets=tuple(self._targets.values()),
             report_on=snapshot.client_ca,
             core_problem=snapshot.core.problem,
             lost=tuple(self._lost),
+            recorded=self._recorded,
+            renew=self._renew,
+            rotate_ca=self._rotate_ca,
+            refused=tuple(RequestRefused(str(problem)) for problem in tenant.request_problems),
         )
+
+    def rotating(self, *, writes: frozenset[int]) -> None:
+        """The rotate-ca request is acted on once `writes` (the signer's, none if it was before) are written."""
+        self._rotate_ca = Acting(_record(self._recorded.rotateCA, self._tenant.rotate_ca, self._now), writes)
+
+    def renewing(self, *, writes: frozenset[int] = frozenset(), done: bool = True) -> None:
+        """A leaf's part in the renew request: it holds a certificate issued for it once `writes` are written, or
+        not in this pass (`done` False)."""
+        if not self._tenant.renew:
+            return
+        acting = self._renew or Acting(_record(self._recorded.renew, self._tenant.renew, self._now))
+        self._renew = Acting(acting.record, acting.writes | writes, acting.complete and done)
 
     def problem(self, problem: Problem) -> None:
         self._problems.append(problem)
@@ -565,8 +658,10 @@ class _Draft:
         now: datetime,
         needs: frozenset[int],
     ) -> None:
-        """Keep the certificate in the Secret, or issue a new one from the signer when the policy says so."""
+        """Keep the certificate in the Secret, or issue a new one from the signer when the policy, or a renew request
+        it was not issued for, says so."""
         if self.unusable(observed, holds):
+            self.renewing(done=observed.ref in self._snapshot.claimed)  # another EtcdStorage's: not this one's to do
             return
         tenant = self._tenant
         before = _held(observed, holds, tenant)
@@ -575,20 +670,29 @@ class _Draft:
         issuer = signer.signing
         assessment = rotation.assess_leaf(cert_pem, key_pem, want, issuer=issuer.cert, now=now)
         reasons = _leaf_reasons(assessment, signer, cert_pem=cert_pem, key_pem=key_pem, want=want, now=now)
+        renewed = not tenant.renew or _annotation(observed.obj, names.ANNOTATION_RENEWED_FOR) == tenant.renew
+        if not reasons and not renewed and not signer.recovering:  # recovering: the new CA is not trusted yet
+            reasons = (Reason.RENEW_REQUESTED,)
         if not reasons:
             self.target(observed, holds, after=before, before=before)
+            self.renewing(done=renewed)
             return
         pair = issue()
         annotations = {
             names.ANNOTATION_EXPIRY_DATE: rfc3339(pair.cert.not_valid_after_utc),
             names.ANNOTATION_SIGNED_BY: pki.common_name(issuer.cert.subject) or "",
         }
+        if tenant.renew:
+            annotations[names.ANNOTATION_RENEWED_FOR] = tenant.renew  # issued now: the request is done for it
         replaced = assessment.cert
         foreign = replaced.issuer.rfc4514_string() if replaced and Reason.FOREIGN_ISSUER in reasons else ""
-        issued = CertificateIssued(observed.ref, reasons, pair.cert.not_valid_after_utc, foreign)
+        told: tuple[Event, ...] = (CertificateIssued(observed.ref, reasons, pair.cert.not_valid_after_utc, foreign),)
+        if reasons == (Reason.RENEW_REQUESTED,):
+            told = (RotationRequested(names.ANNOTATION_RENEW, tenant.renew), *told)
         values = secret_values({names.TLS_CRT: pair.cert_pem, names.TLS_KEY: pair.key_pem})
-        written = self.put(observed, values, annotations=annotations, tls=True, needs=needs, events=(issued,))
+        written = self.put(observed, values, annotations=annotations, tls=True, needs=needs, events=told)
         self.target(observed, holds, writes=written, after={str(holds): _times(pair.cert, tenant)}, before=before)
+        self.renewing(writes=written)
 
     def put(
         self,
@@ -672,6 +776,24 @@ def _merged(
         if not any(reference.get("uid") == owner.uid for reference in references):
             metadata["ownerReferences"] = [*references, owner_reference(owner)]
     return desired
+
+
+def _metadata(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    metadata = (obj or {}).get("metadata")
+    return metadata if isinstance(metadata, Mapping) else {}
+
+
+def _annotation(obj: Mapping[str, Any] | None, name: str) -> str:
+    annotations = _metadata(obj).get("annotations")
+    value = annotations.get(name) if isinstance(annotations, Mapping) else None
+    return value if isinstance(value, str) else ""
+
+
+def _record(recorded: report.Acted | None, value: str, now: datetime) -> report.Acted:
+    """What the report says of a request once it is done: as recorded, for the value recorded; else done `now`."""
+    if recorded is not None and recorded.value == value:
+        return recorded
+    return report.Acted(value=value, time=now.replace(microsecond=0))
 
 
 def owner_reference(tenant: EtcdStorage) -> dict[str, Any]:

@@ -14,6 +14,11 @@ Signer loss is recovered the same way: when a role's CA is gone from `<N>-signer
 while its bundles still hold CA certificates, the signer is *recovering*: it has no current CA, a new CA is staged
 next to the certificates the bundles hold (kept as retired), the leaves in place are kept while they are valid, and
 the staged CA is promoted only after the propagation delay. Never a silent re-key.
+
+A rotation the operator requests (`requested`: the rotate-ca annotation's value) is the same rotation, started while
+the current CA is still fine: a new CA is staged, marked as staged for the request so that it is promoted although
+nothing else calls for it, and promoted after the propagation delay. A role whose rotation is already in progress (a
+CA staged, or a lost CA being recovered, or one replaced at once) takes the request over: never a second staged CA.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class Reason(enum.StrEnum):
     VALIDITY_CHANGED = "validity-changed"
     RENEWAL_DUE = "renewal-due"
     EXPIRED = "expired"
+    ROTATION_REQUESTED = "rotation-requested"  # a CA: the EtcdStorage's rotate-ca annotation asks for a rotation
+    RENEW_REQUESTED = "renew-requested"  # a leaf: the EtcdStorage's renew annotation asks for it (see plan.py)
     SIGNER_LOST = "signer-lost"  # the role's CA is gone while the bundles hold CA certificates: recovered with overlap
     FOREIGN_ISSUER = "foreign-issuer"  # a leaf signed by no CA of the tenant's bundle: replaced (see plan.py)
 
@@ -178,6 +185,7 @@ class SignerKeys:
     next_key: str
     next_published: str
     retired: str
+    next_requested: str
 
 
 def signer_keys(role: Role) -> SignerKeys:
@@ -190,18 +198,21 @@ def signer_keys(role: Role) -> SignerKeys:
         next_key=f"{prefix}-next.key",
         next_published=f"{prefix}-next.published",  # RFC 3339: when every bundle first held the staged CA
         retired=f"{prefix}-retired.crt",  # retired CAs still trusted until they expire; their keys are not kept
+        next_requested=f"{prefix}-next.requested",  # the rotate-ca value the staged CA is for: promoted regardless
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class Signer:
     """One CA role: the CA that signs, the CA staged to sign next, and the retired CA certificates still trusted.
-    `current` is None only while the signer is recovering from its loss; `next` is then the CA staged to replace it."""
+    `current` is None only while the signer is recovering from its loss; `next` is then the CA staged to replace it.
+    `requested`: the operator's rotate-ca value the staged CA is for ("" when its rotation is the policy's)."""
 
     current: pki.KeyPair | None
     next: pki.KeyPair | None = None
     next_published: datetime | None = None
     retired: tuple[x509.Certificate, ...] = ()
+    requested: str = ""
 
     def __post_init__(self) -> None:
         if self.current is None and self.next is None:
@@ -256,9 +267,11 @@ def plan_signer(
     minimum_delay: timedelta,
     new_ca: Callable[[], pki.KeyPair],
     in_bundles: Sequence[x509.Certificate] = (),
+    requested: str = "",
 ) -> SignerPlan:
     """The role's signer after this run, from the `<N>-signer` Secret's (decoded) data and the certificates the role's
-    bundles hold now (`in_bundles`), which tell a lost CA from a new tenant's."""
+    bundles hold now (`in_bundles`), which tell a lost CA from a new tenant's. `requested`: a rotate-ca value not
+    acted on yet, which starts a rotation unless one is in progress."""
     keys = signer_keys(role)
     current = assess_ca(data.get(keys.cert), data.get(keys.key), want, now)
     staged: Assessment | None = None
@@ -275,6 +288,9 @@ def plan_signer(
     next_pair = staged.pair if staged is not None else None
     if next_pair is None:
         published = None
+    # A request in force: the one this run acts on, or the one the staged CA was staged or kept for.
+    staged_for = (data.get(keys.next_requested) or b"").decode(errors="replace") if next_pair is not None else ""
+    wanted = requested or staged_for
 
     lost = _lost(current, next_pair, [*in_bundles, *retired], now)
     if lost:
@@ -293,17 +309,18 @@ def plan_signer(
         else:
             signer = Signer(new_ca(), retired=tuple(retired))
             steps.append(Step("issued", current.reasons))
-    elif current.reasons:
+    elif current.reasons or wanted:
+        reasons = (*current.reasons, Reason.ROTATION_REQUESTED) if wanted else current.reasons
         if next_pair is None:
-            signer = Signer(current.pair, new_ca(), None, tuple(retired))
-            steps.append(Step("staged", current.reasons))
+            signer = Signer(current.pair, new_ca(), None, tuple(retired), wanted)
+            steps.append(Step("staged", reasons))
         elif published is not None and now >= published + propagation_delay(
             next_pair.cert, current.pair.cert, published, minimum_delay
         ):
             signer = Signer(next_pair, retired=(*retired, current.pair.cert))
-            steps.append(Step("promoted", current.reasons))
-        else:
-            signer = Signer(current.pair, next_pair, published, tuple(retired))
+            steps.append(Step("promoted", reasons))
+        else:  # in progress: a request it meets is taken over, and the staged CA kept for it
+            signer = Signer(current.pair, next_pair, published, tuple(retired), wanted)
     else:
         if next_pair is not None:  # the change that called for it was undone
             steps.append(Step("discarded-next", ()))
@@ -357,6 +374,8 @@ def encode_signer(role: Role, signer: Signer) -> dict[str, bytes]:
         data[keys.next_key] = signer.next.key_pem
         if signer.next_published is not None:
             data[keys.next_published] = rfc3339(signer.next_published).encode()
+        if signer.requested:
+            data[keys.next_requested] = signer.requested.encode()
     if signer.retired:
         data[keys.retired] = pki.encode_certs(list(signer.retired))
     return data

@@ -305,6 +305,18 @@ def _status_schema() -> dict[str, Any]:
     """What the hook reports (hooks/status.py); Metacontroller writes it whole."""
     time = {"type": "string", "format": "date-time"}
     replicas = {"type": "integer", "format": "int32"}
+
+    def acted(description: str) -> dict[str, Any]:
+        value = {"type": "string", "description": "The annotation's value."}
+        return {
+            "description": description,
+            "type": "object",
+            "properties": {
+                "value": value,
+                "time": {**time, "description": "When the job acted on it."},
+            },
+        }
+
     return {
         "type": "object",
         "properties": {
@@ -349,6 +361,29 @@ def _status_schema() -> dict[str, Any]:
                         },
                         "current": {"type": "boolean", "description": "Every pod of it runs that template."},
                         "problem": {"type": "string", "description": "Why not, and the fix."},
+                    },
+                },
+            },
+            "manualRotation": {
+                "description": (
+                    f"The last value of each manual rotation annotation ({names.ANNOTATION_RENEW}, "
+                    f"{names.ANNOTATION_ROTATE_CA}) that the cert-rotation job acted on, and when; each new value is "
+                    "acted on once."
+                ),
+                "type": "object",
+                "properties": {
+                    "renew": acted(
+                        "The renew value for which every certificate (the proxies' serving certificate and each client "
+                        "certificate) was issued anew."
+                    ),
+                    "rotateCA": acted(
+                        "The rotate-ca value for which a rotation of both CAs started (or a rotation in progress took "
+                        "it over); the new CAs sign after the propagation delay, as in a scheduled rotation."
+                    ),
+                    "problems": {
+                        "description": "Annotations not taken as a request, and why: nothing is done for them.",
+                        "type": "array",
+                        "items": {"type": "string"},
                     },
                 },
             },

@@ -66,6 +66,14 @@ ANNOTATION_KEY_DELETION: Final = f"{GROUP}/key-deletion"  # JSON: the deletion o
 ANNOTATION_CONSUMERS: Final = f"{GROUP}/consumers"  # JSON: each consumer's certificates hash and rollout
 # On a consumer's pod template: the hash of the certificates it mounts; a new value rolls its pods.
 ANNOTATION_CERTIFICATES_HASH: Final = f"{GROUP}/certificates-hash"
+# Manual rotation. Put on an EtcdStorage by its operator, any new value (a timestamp, say) asks the job, once: renew
+# re-issues the proxies' serving certificate and every client certificate, rotate-ca rotates both CAs with overlap.
+ANNOTATION_RENEW: Final = f"{GROUP}/renew"
+ANNOTATION_ROTATE_CA: Final = f"{GROUP}/rotate-ca"
+# Written by the job in the same write that carries a request out, so that a run that dies half-way never acts twice:
+ANNOTATION_RENEWED_FOR: Final = f"{GROUP}/renewed-for"  # on a leaf's Secret: the renew value in force at its issue
+ANNOTATION_CA_ROTATED_FOR: Final = f"{GROUP}/ca-rotated-for"  # on <N>-signer: the rotate-ca value acted on
+ANNOTATION_MANUAL_ROTATION: Final = f"{GROUP}/manual-rotation"  # on <N>-ca-cert, JSON: each value acted on, and when
 # The original's annotations on the Secrets it wrote, kept on ours for tools that read them.
 ANNOTATION_EXPIRY_DATE: Final = f"{GROUP}/certificate-expiry-date"
 ANNOTATION_SIGNED_BY: Final = f"{GROUP}/certificate-signed-by"

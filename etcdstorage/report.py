@@ -87,6 +87,25 @@ class Delivery(BaseModel):
         return f"{self.kind} {self.namespace}/{self.name}"
 
 
+class Acted(BaseModel):
+    """A manual rotation request (an annotation's value on the EtcdStorage) the job acted on, and when."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    value: str
+    time: UtcTime
+
+
+class ManualRotation(BaseModel):
+    """The last value of each manual rotation annotation the job acted on: `renew` once every leaf was re-issued for
+    it, `rotateCA` once the rotation of both CAs started (or a rotation in progress took it over)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    renew: Acted | None = None
+    rotateCA: Acted | None = None
+
+
 # Read off the model rather than through model_dump(), which costs more than the formatting on every sync.
 _TIME_FIELDS: Final = tuple(sorted(CertificateTimes.model_fields))
 
@@ -101,6 +120,7 @@ class Report(BaseModel):
     report_for: str = ""  # the uid of the EtcdStorage it was written for; "" from a job that did not say
     deliveries: tuple[Delivery, ...] = ()  # in the order of the pass: owned objects, then the spec's destinations
     signer_lost: str = ""  # why a CA is being recovered with overlap, "" when none is
+    manual_rotation: ManualRotation = ManualRotation()
 
     def undelivered(self) -> list[Delivery]:
         return [delivery for delivery in self.deliveries if not delivery.delivered]
@@ -127,6 +147,7 @@ def to_annotations(report: Report) -> dict[str, str]:
         names.ANNOTATION_REPORT_FOR: report.report_for,
         names.ANNOTATION_DELIVERIES: _json(deliveries),
         names.ANNOTATION_SIGNER_LOST: report.signer_lost,
+        names.ANNOTATION_MANUAL_ROTATION: _json(report.manual_rotation.model_dump(mode="json", exclude_none=True)),
     }
 
 
@@ -150,6 +171,7 @@ def from_annotations(annotations: object) -> Report | None:
         names.ANNOTATION_REPORT_FOR: "",
         names.ANNOTATION_DELIVERIES: "[]",
         names.ANNOTATION_SIGNER_LOST: "",
+        names.ANNOTATION_MANUAL_ROTATION: "{}",
     }
     values = {name: annotations.get(name, default) for name, default in defaults.items()}
     for name, value in values.items():
@@ -161,7 +183,21 @@ def from_annotations(annotations: object) -> Report | None:
         report_for=values[names.ANNOTATION_REPORT_FOR],
         deliveries=_parsed(names.ANNOTATION_DELIVERIES, values, "deliveries"),
         signer_lost=values[names.ANNOTATION_SIGNER_LOST],
+        manual_rotation=_parsed(names.ANNOTATION_MANUAL_ROTATION, values, "manual_rotation"),
     )
+
+
+def manual_rotation(annotations: object, uid: str) -> ManualRotation:
+    """What the report on `<N>-ca-cert` (its `metadata.annotations`) says was acted on for the EtcdStorage of `uid`;
+    nothing when there is no report, or an unreadable one, or one written for another EtcdStorage of the same name.
+    The job carries it over from run to run: what it acted on is kept on the objects it wrote (see names.py)."""
+    try:
+        found = from_annotations(annotations)
+    except ReportError:
+        return ManualRotation()
+    if found is None or found.report_for != uid:
+        return ManualRotation()
+    return found.manual_rotation
 
 
 def _parsed(annotation: str, values: Mapping[str, str], field: str) -> Any:

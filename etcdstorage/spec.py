@@ -30,6 +30,8 @@ MAX_DURATION_LENGTH: Final = 32  # characters; "8760h" is 5
 # A duration as the CRD admits it: Go's syntax without a sign, without µs, and never a bare "0" (Go's ParseDuration
 # takes those too). The CRD's rules read a duration only where it matches, so that CEL never fails on a typo.
 DURATION: Final = re.compile(r"^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|ms|s|m|h))+$")
+# A manual rotation request (the renew and rotate-ca annotations): any printable value up to this long, a timestamp say.
+MAX_REQUEST_LENGTH: Final = 128
 # Values quoted in problems are cut to this many characters: a problem names a value, it does not echo a megabyte.
 _MAX_SHOWN: Final = 64
 
@@ -108,6 +110,11 @@ class EtcdStorage:
     deletion_policy: DeletionPolicy = DeletionPolicy.RETAIN
     deleting: bool = False  # metadata.deletionTimestamp is set: the object is going
     consumers: tuple[Consumer, ...] = ()  # rolled by the job when the certificates they mount change
+    # Manual rotation (the annotations names.ANNOTATION_RENEW and ANNOTATION_ROTATE_CA): "" when none is asked for.
+    renew: str = ""
+    rotate_ca: str = ""
+    # Annotations refused as requests: never a reason to refuse the object, whose certificates must go on rotating.
+    request_problems: tuple[Problem, ...] = ()
 
 
 def name_problems(name: object) -> list[str]:
@@ -197,6 +204,10 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
     policy = _choice(spec, "deletionPolicy", DeletionPolicy.RETAIN, problems)
     consumers = _consumers(spec, max_list_items, problems)
 
+    request_problems: list[Problem] = []
+    renew = _request(metadata, names.ANNOTATION_RENEW, request_problems)
+    rotate_ca = _request(metadata, names.ANNOTATION_ROTATE_CA, request_problems)
+
     uid = metadata.get("uid", "")
     generation = metadata.get("generation", 0)
     if problems:
@@ -218,7 +229,29 @@ def parse(obj: Mapping[str, Any], *, max_list_items: int = MAX_DESTINATIONS) -> 
         deletion_policy=policy,
         deleting=metadata.get("deletionTimestamp") is not None,
         consumers=consumers,
+        renew=renew,
+        rotate_ca=rotate_ca,
+        request_problems=tuple(request_problems),
     )
+
+
+def _request(metadata: Mapping[str, Any], annotation: str, problems: list[Problem]) -> str:
+    """The value of a manual rotation annotation, "" when it is absent or empty; "" and a problem when it is not a
+    string of at most `MAX_REQUEST_LENGTH` printable characters (it lands in Events, logs and status)."""
+    annotations = metadata.get("annotations")
+    raw = annotations.get(annotation) if isinstance(annotations, Mapping) else None
+    if raw is None or raw == "":
+        return ""
+    if isinstance(raw, str) and len(raw) <= MAX_REQUEST_LENGTH and raw.isprintable():
+        return raw
+    problems.append(
+        Problem(
+            f"metadata.annotations[{annotation}]",
+            f"must be at most {MAX_REQUEST_LENGTH} printable characters (a timestamp, say), got {_shown(raw)}; "
+            "nothing is done for it",
+        )
+    )
+    return ""
 
 
 _Choice = TypeVar("_Choice", bound=enum.StrEnum)

@@ -98,7 +98,24 @@ def compute(
         result["certificates"] = report.certificate_times(observed.certificates)
         if observed.certificates.deliveries:  # none from a job that did not report them
             result["destinations"] = destinations(observed.certificates)
+    manual = manual_rotation(tenant, observed.certificates)
+    if manual:
+        result["manualRotation"] = manual
     return result
+
+
+def manual_rotation(tenant: EtcdStorage, found: report.Report | None) -> dict[str, Any]:
+    """`status.manualRotation`: the last value of each manual rotation annotation the job acted on, and when, as this
+    EtcdStorage's report says; and why an annotation is not taken as a request. Empty when there is nothing to say."""
+    ours = found is not None and found.report_for == tenant.uid  # a stale report's is another EtcdStorage's
+    recorded = found.manual_rotation if found is not None and ours else report.ManualRotation()
+    shown: dict[str, Any] = {}
+    for field, acted in (("renew", recorded.renew), ("rotateCA", recorded.rotateCA)):
+        if acted is not None:
+            shown[field] = {"value": acted.value, "time": rfc3339(acted.time)}
+    if tenant.request_problems:
+        shown["problems"] = [str(problem) for problem in tenant.request_problems]
+    return shown
 
 
 def destinations(found: report.Report) -> list[dict[str, Any]]:

@@ -327,7 +327,7 @@ def test_an_unusable_object_is_a_problem_with_its_fix_and_the_rest_is_planned_an
     [undelivered] = reported.report.undelivered()
     assert (undelivered.name, undelivered.state, undelivered.message) == (problem.ref.name, state, expected_problem)
     assert undelivered.fix == problem.fix
-    assert [event.delivery for event in reported.events] == [undelivered]
+    assert reported.events == (plan_module.NotDelivered(undelivered),)
 
 
 def test_an_unreadable_signer_plans_no_write_and_its_report_says_so_for_every_object() -> None:

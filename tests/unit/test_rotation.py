@@ -266,7 +266,7 @@ def test_a_sound_signer_is_kept_byte_for_byte(ca: pki.KeyPair) -> None:
 def test_the_data_keys_of_the_roles_do_not_collide() -> None:
     serving, client = rotation.signer_keys(Role.SERVING), rotation.signer_keys(Role.CLIENT)
     all_keys = [*vars(serving).values(), *vars(client).values()]
-    assert len(set(all_keys)) == len(all_keys) == 12
+    assert len(set(all_keys)) == len(all_keys) == 14
 
 
 def test_a_ca_due_for_renewal_is_staged_then_promoted_after_the_delay_then_retired_until_it_expires(

@@ -182,3 +182,38 @@ def test_the_deletion_policy_is_retain_unless_delete_is_asked_for_and_deletion_i
     going = etcdstorage("a", deletionPolicy="Delete")
     going["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     assert spec.parse(going).deleting
+
+
+def annotated(**annotations: Any) -> dict[str, Any]:
+    obj = etcdstorage()
+    obj["metadata"]["annotations"] = annotations
+    return obj
+
+
+def test_the_manual_rotation_annotations_are_read_and_absent_or_empty_ones_ask_for_nothing() -> None:
+    parsed = spec.parse(annotated(**{names.ANNOTATION_RENEW: "2030-01-01T00:00:00Z", names.ANNOTATION_ROTATE_CA: ""}))
+    assert (parsed.renew, parsed.rotate_ca, parsed.request_problems) == ("2030-01-01T00:00:00Z", "", ())
+    plain = spec.parse(etcdstorage())
+    assert (plain.renew, plain.rotate_ca) == ("", "")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("x" * (spec.MAX_REQUEST_LENGTH + 1), id="too long"),
+        pytest.param("line\nbreak", id="not printable"),
+        pytest.param(12, id="not a string"),
+    ],
+)
+def test_a_bad_request_value_is_a_problem_that_asks_for_nothing_and_refuses_nothing(value: Any) -> None:
+    parsed = spec.parse(annotated(**{names.ANNOTATION_ROTATE_CA: value, names.ANNOTATION_RENEW: "ok"}))
+    assert (parsed.renew, parsed.rotate_ca) == ("ok", "")  # the other request stands
+    [problem] = parsed.request_problems
+    assert problem.field == f"metadata.annotations[{names.ANNOTATION_ROTATE_CA}]"
+    assert f"at most {spec.MAX_REQUEST_LENGTH} printable characters" in problem.message
+    assert len(str(problem)) < 300  # a huge value is quoted briefly
+
+
+def test_a_request_value_of_the_longest_length_is_taken() -> None:
+    longest = "7" * spec.MAX_REQUEST_LENGTH
+    assert spec.parse(annotated(**{names.ANNOTATION_RENEW: longest})).renew == longest

@@ -505,3 +505,41 @@ def test_a_report_written_for_another_uid_is_stale() -> None:
     assert (certificates["status"], certificates["reason"]) == ("False", "StaleCertificateReport")
     assert "written for EtcdStorage uid 00000000-0000-0000-0000-00000000dead" in certificates["message"]
     assert UID in certificates["message"]
+
+
+# --- Manual rotation ---------------------------------------------------------------------------------------------
+
+ACTED = report.ManualRotation(
+    renew=report.Acted(value="2026-11-21T11:00:00Z", time=NOW - timedelta(minutes=5)),
+    rotateCA=report.Acted(value="first", time=NOW - timedelta(minutes=3)),
+)
+
+
+def test_status_shows_the_manual_rotation_values_the_job_acted_on_and_when() -> None:
+    answer = run(with_deliveries(manual_rotation=ACTED))
+    assert answer["status"]["manualRotation"] == {
+        "renew": {"value": "2026-11-21T11:00:00Z", "time": "2026-11-21T11:55:00Z"},
+        "rotateCA": {"value": "first", "time": "2026-11-21T11:57:00Z"},
+    }
+    assert condition(answer, "Ready")["status"] == "True"  # a request acted on is no reason for anything else
+
+
+def test_without_a_request_acted_on_status_has_no_manual_rotation() -> None:
+    assert "manualRotation" not in run(with_deliveries())["status"]
+
+
+def test_the_manual_rotation_of_a_report_for_another_uid_is_not_shown() -> None:
+    answer = run(with_deliveries(manual_rotation=ACTED, report_for="00000000-0000-0000-0000-00000000dead"))
+    assert "manualRotation" not in answer["status"]
+
+
+def test_an_annotation_that_is_no_request_is_a_problem_in_status_and_the_object_is_still_served() -> None:
+    parent = copy.deepcopy(ORIGINAL_EXAMPLE)
+    parent["metadata"]["annotations"] = {names.ANNOTATION_ROTATE_CA: "a\tb"}
+    found = report_for(NOW).model_copy(update={"report_for": UID})
+    request = sync_request(parent, related=related("sample-apiserver", report.to_annotations(found)))
+    answer = run(with_children(request, run(request)))
+    [problem] = answer["status"]["manualRotation"]["problems"]
+    assert problem.startswith(f"metadata.annotations[{names.ANNOTATION_ROTATE_CA}]: must be at most 128 printable")
+    assert sorted(kinds(answer)) == ["Deployment", "PodDisruptionBudget", "Service"]
+    assert condition(answer, "Ready")["status"] == "True"
