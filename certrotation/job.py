@@ -212,6 +212,8 @@ def _reconcile(
             )
         for lost in planned.lost:
             _tell_lost(tenant, snapshot.signer.ref, lost)
+        for refused in planned.refused:
+            _log(logging.WARNING, "rotation request refused", tenant=tenant.name, problem=refused.problem)
         _record(api, settings, tenant, [*done, *planned.lost, *reported.events], now)
         outcome.failed = bool(problems or planned.lost)
         return outcome
@@ -256,6 +258,15 @@ def _tell_written(tenant: EtcdStorage, written: tuple[plan.Write, ...], outcome:
                     replaced_issuer=event.replaced_issuer or None,
                 )
                 outcome.issued += 1
+            elif isinstance(event, plan.RotationRequested):
+                _log(
+                    logging.INFO,
+                    "rotation requested",
+                    tenant=tenant.name,
+                    annotation=event.annotation,
+                    value=event.value,
+                    staged=[str(role) for role in event.staged],
+                )
 
 
 def _tell_lost(tenant: EtcdStorage, signer: kube.Ref, lost: plan.SignerLost) -> None:
