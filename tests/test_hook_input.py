@@ -160,9 +160,8 @@ def slow_request() -> bytes:
 
 def test_health_and_other_requests_are_answered_while_a_slow_request_is_worked_on(hook: Hook) -> None:
     """Before, the hook worked on the event loop: /healthz waited seconds behind such a request (the fuzzer saw
-    6.3 s), long enough for the kubelet's probes to fail. The bound of 2 s is some hundred times a normal answer, and
-    above the longest the loop waits for the worker's C calls to let go of the GIL (some 0.5 s here): it tells a
-    stalled loop from a busy machine."""
+    6.3 s), long enough for the kubelet's probes to fail. Judged by counts, not by seconds (a busy machine stretches
+    every answer): a loop or a pool stalled behind the slow request answers at most once while it is worked on."""
     slow, normal = slow_request(), body(captured("existing-children"))
     finished: list[float] = []
 
@@ -191,10 +190,8 @@ def test_health_and_other_requests_are_answered_while_a_slow_request_is_worked_o
     print(f"slow request {finished[0]:.2f} s; while it ran: {len(health)} /healthz, slowest "
           f"{max(health) * 1000:.0f} ms; {len(syncs)} syncs, slowest {max(syncs) * 1000:.0f} ms")  # fmt: skip
     assert health, "the slow request ended before /healthz was asked"
-    assert max(health) < 2, "/healthz waited behind the slow request"
-    assert max(syncs) < 2, "a normal sync waited behind the slow request"
-    # A stalled event loop answers at most once while the slow request is worked on: the wait is the whole request.
-    assert len(health) >= 3, f"the event loop answered /healthz only {len(health)} times during the slow request"
+    assert len(health) >= 2, f"the event loop answered /healthz only {len(health)} times during the slow request"
+    assert len(syncs) >= 2, f"only {len(syncs)} normal syncs were answered during the slow request"
 
 
 @pytest.mark.parametrize(
