@@ -334,6 +334,7 @@ def _status_schema() -> dict[str, Any]:
                         "reason": {"type": "string"},
                         "message": {"type": "string"},
                         "lastTransitionTime": dict(time),
+                        "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
                     },
                 },
             },

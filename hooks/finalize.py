@@ -58,7 +58,9 @@ def answer(
     else:
         reason, message = DELETING_KEYS, f"waiting for {job} to delete the keys under {prefix}"
     return SyncResponse(
-        status=status.going(reason, message, previous=previous, now=now, remaining=remaining),
+        status=status.going(
+            reason, message, previous=previous, now=now, remaining=remaining, generation=tenant.generation
+        ),
         children=[],
         resyncAfterSeconds=float(settings.waiting_resync_seconds),
         finalized=False,

@@ -88,7 +88,7 @@ def compute(
     deployed = _deployed_condition(tenant, observed, settings)
     conditions = [_ready_condition(certificates, proxy, deployed), certificates, proxy, deployed]
     result: dict[str, Any] = {
-        "conditions": _with_transition_times(conditions, previous, now),
+        "conditions": _with_transition_times(conditions, previous, now, tenant.generation),
         "endpoint": names.endpoint(tenant.name, settings.namespace),
         "keyPrefix": names.key_prefix(tenant.name, settings.key_prefix_root),
         "replicas": desired_replicas,
@@ -140,12 +140,14 @@ def destinations(found: report.Report) -> list[dict[str, Any]]:
     return shown
 
 
-def refused(refusal: Exception, *, previous: Any, now: datetime) -> dict[str, Any]:
+def refused(refusal: Exception, *, previous: Any, now: datetime, generation: int) -> dict[str, Any]:
     """The status of an object whose spec the hook refuses: Ready False with the reason, shown by `kubectl get`.
     Only Ready: the other conditions would describe a spec the hook cannot read."""
     message = f"{refusal}; its children are kept as they are until the spec is fixed"
     return {
-        "conditions": _with_transition_times([Condition(READY, False, INVALID_SPEC, _clipped(message))], previous, now)
+        "conditions": _with_transition_times(
+            [Condition(READY, False, INVALID_SPEC, _clipped(message))], previous, now, generation
+        )
     }
 
 
@@ -313,8 +315,11 @@ def _ready_condition(*parts: Condition) -> Condition:
     return Condition(READY, True, "Ready", "the proxies serve the tenant's prefix with valid certificates")
 
 
-def _with_transition_times(conditions: list[Condition], previous: Any, now: datetime) -> list[dict[str, str]]:
-    """Standard conditions; lastTransitionTime carried over from the previous status while `status` holds."""
+def _with_transition_times(
+    conditions: list[Condition], previous: Any, now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    """Standard conditions (metav1.Condition); lastTransitionTime carried over from the previous status while `status`
+    holds; observedGeneration the generation of the spec they were computed from (left out when it is unknown)."""
     before: dict[str, Mapping[str, Any]] = {}
     if isinstance(previous, Mapping) and isinstance(previous.get("conditions"), list):
         before = {
@@ -337,6 +342,7 @@ def _with_transition_times(conditions: list[Condition], previous: Any, now: date
                 "reason": condition.reason,
                 "message": condition.message,
                 "lastTransitionTime": since,
+                **({"observedGeneration": generation} if generation > 0 else {}),
             }
         )
     return result
@@ -360,11 +366,13 @@ def _is_rfc3339(value: object) -> bool:
     return True
 
 
-def going(reason: str, message: str, *, previous: Any, now: datetime, remaining: int | None) -> dict[str, Any]:
+def going(
+    reason: str, message: str, *, previous: Any, now: datetime, remaining: int | None, generation: int
+) -> dict[str, Any]:
     """The status of an EtcdStorage being deleted whose keys the job is deleting: Ready False with why it is still
     here, and the keys left as the job last counted them (absent when not counted)."""
     result: dict[str, Any] = {
-        "conditions": _with_transition_times([Condition(READY, False, reason, message)], previous, now)
+        "conditions": _with_transition_times([Condition(READY, False, reason, message)], previous, now, generation)
     }
     if remaining is not None:
         result["keysRemaining"] = remaining

@@ -103,7 +103,10 @@ def _refused(request: SyncRequest, refusal: spec.InvalidSpec, now: datetime) -> 
     kept = applied.kept_children(request.children)
     if kept is None:
         raise refusal  # no answer provably keeps that child: the 422 keeps it, the status waits
-    return SyncResponse(status=status.refused(refusal, previous=request.parent.status, now=now), children=kept)
+    generation = request.parent.metadata.get("generation")
+    known = generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
+    refused = status.refused(refusal, previous=request.parent.status, now=now, generation=known)
+    return SyncResponse(status=refused, children=kept)
 
 
 def customize(request: CustomizeRequest, settings: Settings) -> CustomizeResponse:

@@ -543,3 +543,14 @@ def test_an_annotation_that_is_no_request_is_a_problem_in_status_and_the_object_
     assert problem.startswith(f"metadata.annotations[{names.ANNOTATION_ROTATE_CA}]: must be at most 128 printable")
     assert sorted(kinds(answer)) == ["Deployment", "PodDisruptionBudget", "Service"]
     assert condition(answer, "Ready")["status"] == "True"
+
+
+def test_every_condition_carries_the_generation_it_was_computed_from() -> None:
+    parent = etcdstorage()
+    parent["metadata"]["generation"] = 7
+    answer = run(sync_request(parent))
+    assert {condition["observedGeneration"] for condition in answer["status"]["conditions"]} == {7}
+    refused = etcdstorage(replicas=0)
+    refused["metadata"]["generation"] = 8
+    [ready] = run(sync_request(refused))["status"]["conditions"]
+    assert (ready["reason"], ready["observedGeneration"]) == ("InvalidSpec", 8)
