@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from certrotation import plan
 from certrotation.rotation import Reason, Role
-from etcdstorage import names, report
+from etcdstorage import deletion, names, report
 from etcdstorage.spec import EtcdStorage
 from etcdstorage.times import rfc3339
 
@@ -36,6 +36,9 @@ DESTINATION_CONFLICT: Final = "DestinationConflict"
 RENEW_REQUESTED: Final = "RenewRequested"  # the renew annotation's new value: the leaves are issued anew
 CA_ROTATION_REQUESTED: Final = "CARotationRequested"  # the rotate-ca annotation's new value: both CAs rotate
 ROTATION_REQUEST_REFUSED: Final = "RotationRequestRefused"  # an annotation value that is no request: nothing done
+KEYS_DELETED: Final = "KeysDeleted"  # deletionPolicy Delete: no key left under the prefix, the object may go
+DELETING_KEYS: Final = "DeletingKeys"  # some deleted, some left (written meanwhile): the next run goes on
+KEY_DELETION_FAILED: Final = "KeyDeletionFailed"  # the core etcd could not be reached or refused
 
 MAX_MESSAGE: Final = 1024  # characters, as events.k8s.io's note
 _NAME_DIGEST: Final = 16  # hex characters of the digest in an Event's name
@@ -114,6 +117,18 @@ def _request(event: plan.RotationRequested | plan.RequestRefused) -> tuple[str, 
     if others:
         parts.append(f"the {others} rotation already in progress (or recovery) takes the request over")
     return NORMAL, CA_ROTATION_REQUESTED, f"{asked}: {'; '.join(parts)}"
+
+
+def key_deletion(tenant: EtcdStorage, attempt: deletion.KeyDeletion, now: datetime) -> dict[str, Any]:
+    """The Event of one attempt at deleting a going tenant's keys (deletionPolicy Delete)."""
+    if attempt.problem:
+        told = (WARNING, KEY_DELETION_FAILED, f"deleting the keys under {attempt.prefix} failed: {attempt.problem}")
+    elif attempt.complete:
+        told = (NORMAL, KEYS_DELETED, f"deleted {attempt.deleted} keys under {attempt.prefix}: none is left")
+    else:
+        left = f"deleted {attempt.deleted} keys under {attempt.prefix}, {attempt.remaining} left"
+        told = (NORMAL, DELETING_KEYS, left)
+    return _body(tenant, *told, now)
 
 
 def _because(text: str, event: plan.SignerChanged | plan.CertificateIssued) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from certrotation import gather, kube, plan, reporting
+from certrotation import apply, events, fixes, gather, kube, plan, reporting
 from etcdstorage import deletion, names
 from etcdstorage.settings import Settings
 from etcdstorage.spec import DeletionPolicy, EtcdStorage
@@ -43,6 +43,8 @@ def going(
         return False
     attempt = delete_keys(api, settings, tenant, listed, now, run=run)
     written = reporting.annotate(api, settings, tenant, listed, deletion.to_annotations(attempt))
+    for _, error in apply.record(api, [events.key_deletion(tenant, attempt, now)]):
+        _log(logging.WARNING, "event not recorded", tenant=tenant.name, problem=fixes.describe(error))
     level = logging.INFO if attempt.complete else logging.ERROR if attempt.problem else logging.WARNING
     _log(
         level,

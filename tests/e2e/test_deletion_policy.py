@@ -15,6 +15,7 @@ import pytest
 from etcdstorage import deletion, names
 from testbed import harness, proxy
 from tests.e2e.install import C, failures_of, get, run_job, tenant_from_example
+from tests.e2e.test_cert_rotation_job import events_of
 from tests.e2e.test_children import call, hook, sync_request
 
 __all__ = ["hook"]  # the module's hook server, shared with test_children
@@ -82,6 +83,8 @@ def test_delete_holds_the_object_until_the_job_deleted_every_key(
     assert (attempt.deleted, attempt.remaining, attempt.problem) == (30, 0, "")
     assert attempt.uid == get(installed, "etcdstorage", "", name)["metadata"]["uid"]
 
+    told = {event["reason"]: event for event in events_of(installed, name)}
+    assert told["KeysDeleted"]["message"] == f"deleted 30 keys under {prefix.decode()}: none is left"
     assert finalize(installed, hook, name)["finalized"] is True
     # The core API server's keys are all there: it still lists what it stored.
     assert installed.kubectl("get", "namespace", C, "--output=name").stdout.strip() == f"namespace/{C}"
@@ -105,6 +108,8 @@ def test_a_core_etcd_out_of_reach_is_a_reason_never_a_silent_wait(
     assert "tenant-proxy purge-prefix: list keys under" in ready["message"]  # what the deletion met, as it said it
     assert "set spec.deletionPolicy to Retain" in ready["message"]
     assert count(installed, prefix) == 30
+    [failed] = [event for event in events_of(installed, name) if event["reason"] == "KeyDeletionFailed"]
+    assert failed["type"] == "Warning"
 
 
 @pytest.mark.parametrize("going", ["Retain"], indirect=True)
