@@ -14,10 +14,11 @@ import dataclasses
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 
 from certrotation import apply, consumers, events, fixes, gather, kube, plan, purge
+from etcdstorage import names
 from etcdstorage import settings as settings_module
 from etcdstorage.settings import Settings
 from etcdstorage.spec import EtcdStorage, InvalidSpec, parse
@@ -26,6 +27,9 @@ from etcdstorage.times import rfc3339
 EXIT_OK: Final = 0
 EXIT_FAILURES: Final = 1  # some tenant, or the core etcd client certificate, needs the operator; the rest was done
 EXIT_CANNOT_RUN: Final = 2  # settings, credentials or the EtcdStorage list: nothing was processed
+# The run record is written again at most this often while the outcome stays the same (and at once when it changes):
+# the alert on it waits far longer, and a pass with nothing due writes nothing.
+RECORD_EVERY: Final = timedelta(minutes=5)
 ATTEMPTS: Final = 3  # passes over a tenant when a write meets a concurrent change (409)
 SERVICE_ACCOUNT: Final = fixes.SERVICE_ACCOUNT
 
@@ -91,7 +95,50 @@ def run(api: kube.Api, settings: Settings, now: datetime) -> int:
         objects_written=summary.written,
         core_certificate_ok=not summary.core_problem,
     )
-    return EXIT_OK if summary.ok else EXIT_FAILURES
+    code = EXIT_OK if summary.ok else EXIT_FAILURES
+    _record_run(api, settings, now, code, listed)
+    return code
+
+
+def _record_run(api: kube.Api, settings: Settings, now: datetime, code: int, listed: gather.Listed | None) -> None:
+    """This run's time and exit code, and the last successful run's time, on `etcdstorage-cert-rotation-status`: the
+    hook exports them (`etcdstorage_job_last_success_timestamp_seconds`), so an alert sees a job that keeps failing.
+    A failure to write it is a warning, never the run's exit code."""
+    ref = kube.Ref(kube.Kind.CONFIGMAP, settings.namespace, names.JOB_STATUS_CONFIGMAP)
+    current = gather.read(api, ref, listed)
+    held = dict((current.obj or {}).get("data") or {})
+    if held.get(names.JOB_LAST_EXIT_KEY) == str(code) and _recent(held.get(names.JOB_LAST_RUN_KEY), now):
+        return  # the same outcome, told lately: a run with nothing due writes nothing
+    data = {
+        **held,
+        names.JOB_LAST_RUN_KEY: rfc3339(now),
+        names.JOB_LAST_EXIT_KEY: str(code),
+        **({names.JOB_LAST_SUCCESS_KEY: rfc3339(now)} if code == EXIT_OK else {}),
+    }
+    try:
+        if current.error is not None:
+            error: kube.KubeError = current.error
+        elif current.obj is None:
+            body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ref.name}, "data": data}
+            api.create(ref.kind, ref.namespace, body)
+            return
+        else:
+            api.replace(ref.kind, ref.namespace, {**current.obj, "data": data})
+            return
+    except kube.KubeError as failed:
+        error = failed
+    _log(
+        logging.WARNING, "run not recorded", object=str(ref), **_error_fields(error), fix=f"apply {fixes.RBAC_MANIFEST}"
+    )
+
+
+def _recent(recorded: object, now: datetime) -> bool:
+    """Whether a recorded run time is less than `RECORD_EVERY` before `now`."""
+    try:
+        when = datetime.strptime(str(recorded), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return timedelta(0) <= now - when < RECORD_EVERY
 
 
 def _tenant(

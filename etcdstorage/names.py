@@ -63,6 +63,11 @@ ANNOTATION_REPORT_FOR: Final = f"{GROUP}/report-for"  # the uid of the EtcdStora
 ANNOTATION_DELIVERIES: Final = f"{GROUP}/deliveries"  # JSON: per object, whether the last pass delivered it, or why not
 ANNOTATION_SIGNER_LOST: Final = f"{GROUP}/signer-lost"  # why a CA is being recovered with overlap; "" when none is
 ANNOTATION_KEY_DELETION: Final = f"{GROUP}/key-deletion"  # JSON: the deletion of a going tenant's keys (Delete)
+# The job's record of its runs, in the controller namespace, which the hook exports as metrics: RFC 3339 times.
+JOB_STATUS_CONFIGMAP: Final = "etcdstorage-cert-rotation-status"
+JOB_LAST_RUN_KEY: Final = "lastRunTime"
+JOB_LAST_SUCCESS_KEY: Final = "lastSuccessTime"  # the last run that exited 0: every tenant done
+JOB_LAST_EXIT_KEY: Final = "lastRunExitCode"
 ANNOTATION_CONSUMERS: Final = f"{GROUP}/consumers"  # JSON: each consumer's certificates hash and rollout
 # On a consumer's pod template: the hash of the certificates it mounts; a new value rolls its pods.
 ANNOTATION_CERTIFICATES_HASH: Final = f"{GROUP}/certificates-hash"

@@ -27,11 +27,11 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from etcdstorage import spec
+from etcdstorage import names, spec
 from etcdstorage.settings import Settings, variable
 from hooks import metrics as tenant_metrics
 from hooks import status, sync
-from hooks.wire import CustomizeRequest, SyncRequest, SyncResponse
+from hooks.wire import CONFIGMAPS, CustomizeRequest, SyncRequest, SyncResponse
 
 log = logging.getLogger("etcdstorage.hook")
 
@@ -165,6 +165,7 @@ def _sync(
     request = parse_body(SyncRequest, body)
     answer = sync.sync(request, settings, now)
     _observed(request, answer, tenants, now)
+    tenants.job_runs(request.related.get(CONFIGMAPS, {}).get(f"{settings.namespace}/{names.JOB_STATUS_CONFIGMAP}"))
     return answer
 
 

@@ -59,6 +59,16 @@ class TenantMetrics:
             ["etcdstorage"],
             registry=registry,
         )
+        self.job_last_run = Gauge(
+            "etcdstorage_job_last_run_timestamp_seconds",
+            "When the cert-rotation job last finished a pass (its record etcdstorage-cert-rotation-status).",
+            registry=registry,
+        )
+        self.job_last_success = Gauge(
+            "etcdstorage_job_last_success_timestamp_seconds",
+            "When the cert-rotation job last finished a pass with exit code 0: every EtcdStorage done.",
+            registry=registry,
+        )
         self._series: dict[str, _Series] = {}
         self._lock = threading.Lock()
 
@@ -77,6 +87,28 @@ class TenantMetrics:
                 self.ready.labels(name, condition).set(1 if holds else 0)
             self.synced.labels(name).set(now.timestamp())
             self._series[name] = _Series(frozenset(certificates), now.timestamp() + EXPIRY_INTERVALS * interval)
+
+    def job_runs(self, record: object) -> None:
+        """The job's run times from its record ConfigMap, as a sync saw it (left as they were when it is absent, or a
+        time does not parse)."""
+        data = record.get("data") if isinstance(record, Mapping) else None
+        if not isinstance(data, Mapping):
+            return
+        for key, gauge in (
+            (names.JOB_LAST_RUN_KEY, self.job_last_run),
+            (names.JOB_LAST_SUCCESS_KEY, self.job_last_success),
+        ):
+            value = data.get(key)
+            try:
+                when = (
+                    datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+                    if isinstance(value, str)
+                    else None
+                )
+            except ValueError:
+                when = None
+            if when is not None:
+                gauge.set(when.timestamp())
 
     def forget(self, name: str) -> None:
         """Remove every series of `name` (finalized: the object is going)."""

@@ -130,6 +130,10 @@ def customize(request: CustomizeRequest, settings: Settings) -> CustomizeRespons
             RelatedResourceRule(
                 apiVersion="policy/v1", resource="poddisruptionbudgets", namespace=namespace, names=proxy
             ),
+            # The job's record of its runs: exported as metrics (hooks/metrics.py), not a part of the status.
+            RelatedResourceRule(
+                apiVersion="v1", resource="configmaps", namespace=namespace, names=[names.JOB_STATUS_CONFIGMAP]
+            ),
         ]
     )
 

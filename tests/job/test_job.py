@@ -157,12 +157,12 @@ def test_the_signer_never_leaves_the_controller_namespace(world: World) -> None:
 
 def test_a_second_run_with_nothing_due_writes_nothing(world: World) -> None:
     world.run(T0)
-    before = world.api.snapshot()
-    writes = len(world.api.writes)
+    before = world.tenant_objects()
+    writes = len(world.tenant_writes())
     with captured_logs() as logs:
         assert world.run(T0 + timedelta(days=1)) == job.EXIT_OK
-    assert len(world.api.writes) == writes
-    assert world.api.snapshot() == before
+    assert len(world.tenant_writes()) == writes
+    assert world.tenant_objects() == before
     assert lines(logs, "run finished")[0].endswith(
         "tenants=1 failed=0 certificates_issued=0 objects_written=0 core_certificate_ok=true"
     )
@@ -269,7 +269,7 @@ def test_without_rights_in_the_controller_namespace_the_tenant_stops_before_issu
     [line] = lines(logs, "tenant object failed")
     assert f"object={C}/{names.signer_secret(TENANT)}" in line
     assert "apply manifests/cert-rotation-rbac.yaml" in line
-    assert [write for write in world.api.writes if write.kind is not kube.Kind.EVENT] == []  # no leaf, no bundle
+    assert [write for write in world.tenant_writes() if write.kind is not kube.Kind.EVENT] == []  # no leaf, no bundle
 
 
 def test_without_the_right_to_list_etcdstorages_nothing_runs(world: World) -> None:
@@ -382,9 +382,9 @@ def three_tenants() -> World:
 
 def test_a_fresh_pass_lists_the_controller_namespace_twice_and_gets_only_the_destinations() -> None:
     world = three_tenants()
-    writes = len(world.api.writes)
+    writes = len(world.tenant_writes())
     assert world.run(T0 + timedelta(days=1)) == job.EXIT_OK
-    assert len(world.api.writes) == writes
+    assert len(world.tenant_writes()) == writes
     assert sorted((read.verb, read.kind, read.namespace, read.name) for read in world.api.reads) == sorted(
         [("list", kube.Kind.CONFIGMAP, C, ""), ("list", kube.Kind.SECRET, C, "")]
         + [
@@ -397,13 +397,13 @@ def test_a_fresh_pass_lists_the_controller_namespace_twice_and_gets_only_the_des
 
 def test_the_controller_namespace_is_listed_page_by_page(monkeypatch: pytest.MonkeyPatch) -> None:
     world = three_tenants()
-    before = world.api.snapshot()
+    before = world.tenant_objects()
     monkeypatch.setattr(kube, "LIST_PAGE", 2)
     assert world.run(T0 + timedelta(days=1)) == job.EXIT_OK
-    assert world.api.snapshot() == before  # every object was found: nothing created or reissued
+    assert world.tenant_objects() == before  # every object was found: nothing created or reissued
     lists = collections.Counter(read.kind for read in world.api.reads if read.verb == "list")
-    # 3 CA ConfigMaps and the core CA; 3 signers, 3 server certificates and the core certificate.
-    assert lists == {kube.Kind.CONFIGMAP: 2, kube.Kind.SECRET: 4}
+    # 3 CA ConfigMaps, the core CA and the run record; 3 signers, 3 server certificates and the core certificate.
+    assert lists == {kube.Kind.CONFIGMAP: 3, kube.Kind.SECRET: 4}
     assert all(read.namespace != C for read in world.api.reads if read.verb == "get")
 
 
@@ -478,8 +478,8 @@ def test_without_the_right_to_list_the_pass_reads_each_object_by_get_and_says_wh
     [line] = lines(logs, "cannot list the controller namespace: reading objects one by one")
     assert "level=warning" in line
     assert "apply manifests/cert-rotation-rbac.yaml" in line
-    assert len(world.api.writes) == writes
-    assert len(job_reads(world, "get", C)) == 5  # the core CA and certificate, the tenant's three objects
+    assert len(world.api.writes) == writes  # a minute after the last: not even the run record
+    assert len(job_reads(world, "get", C)) == 6  # the core CA and certificate, the tenant's three, the run record
 
 
 def job_reads(world: World, verb: str, namespace: str) -> list[tuple[kube.Kind, str]]:
@@ -681,3 +681,32 @@ def test_python_m_hooks_job_exits_2_when_it_cannot_run(
     [line] = result.stderr.splitlines()
     assert message in line
     assert line.startswith("time=")
+
+
+def test_the_run_record_tells_the_last_success_and_is_written_when_it_changes_or_every_five_minutes(
+    world: World,
+) -> None:
+    def record() -> dict[str, str]:
+        return dict(world.api.object(kube.Kind.CONFIGMAP, C, names.JOB_STATUS_CONFIGMAP)["data"])
+
+    assert world.run(T0) == job.EXIT_OK
+    assert record() == {"lastRunTime": rfc3339(T0), "lastRunExitCode": "0", "lastSuccessTime": rfc3339(T0)}
+    writes = len(world.api.writes)
+    assert world.run(T0 + MINUTE) == job.EXIT_OK
+    assert len(world.api.writes) == writes  # the same outcome a minute later: nothing written
+    assert world.run(T0 + 6 * MINUTE) == job.EXIT_OK
+    assert record()["lastRunTime"] == rfc3339(T0 + 6 * MINUTE)
+    world.add_tenant("broken", "broken-ns", precreate=False)  # its destinations are missing: the run fails
+    assert world.run(T0 + 7 * MINUTE) == job.EXIT_FAILURES
+    assert record() == {"lastRunTime": rfc3339(T0 + 7 * MINUTE), "lastRunExitCode": "1",
+                        "lastSuccessTime": rfc3339(T0 + 6 * MINUTE)}  # fmt: skip
+
+
+def test_a_run_record_that_cannot_be_written_is_a_warning_not_a_failure(world: World) -> None:
+    world.api.forbid("create", kube.Kind.CONFIGMAP, C, names.JOB_STATUS_CONFIGMAP)
+    with captured_logs() as logs:
+        assert world.run(T0) == job.EXIT_OK
+    [line] = lines(logs, "run not recorded")
+    assert "level=warning" in line
+    assert "apply manifests/cert-rotation-rbac.yaml" in line
+    assert connects(world.proxy(), world.apiserver(), T0) is None

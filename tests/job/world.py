@@ -61,6 +61,14 @@ class World:
     core_ca: pki.KeyPair
     workers: int = 1  # the job's ETCDSTORAGE_JOB_WORKERS for this world
 
+    def tenant_writes(self) -> list[Any]:
+        """The writes about tenants: all but the job's run record (written every few minutes even with nothing due)."""
+        return [write for write in self.api.writes if write.name != names.JOB_STATUS_CONFIGMAP]
+
+    def tenant_objects(self) -> dict[Any, Any]:
+        """A snapshot of every object but the job's run record."""
+        return {key: value for key, value in self.api.snapshot().items() if key[2] != names.JOB_STATUS_CONFIGMAP}
+
     def run(self, now: datetime) -> int:
         # One tenant at a time unless a test asks for more: a Crash then stops the whole pass at that write.
         return job.run(self.api, dataclasses.replace(self.settings, job_workers=self.workers), now)

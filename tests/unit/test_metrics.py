@@ -11,7 +11,7 @@ from typing import Any, Final
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from etcdstorage import report
+from etcdstorage import names, report
 from etcdstorage.settings import Settings
 from hooks import metrics
 from hooks.app import create_app
@@ -21,8 +21,6 @@ from tests.support.reports import related, report_for
 
 NOW: Final = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 RULE: Final = Path(__file__).parents[2] / "manifests" / "examples" / "monitoring" / "prometheusrule.yaml"
-# Not the hook's: kube-state-metrics exports the CronJob's last success (a job run covers every EtcdStorage).
-KUBE_STATE_METRICS: Final = frozenset({"kube_cronjob_status_last_successful_time"})
 
 
 class Clock:
@@ -34,11 +32,13 @@ class Clock:
 
 
 def samples(app: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of /metrics whose name starts with etcdstorage_ (the hook's request metrics aside)."""
+    """Every per-EtcdStorage sample of /metrics (the hook's request metrics and the job's run times aside)."""
     found = {}
     for family in text_string_to_metric_families(get(app, "/metrics").text):
         for sample in family.samples:
-            if sample.name.startswith("etcdstorage_") and not sample.name.startswith("etcdstorage_hook_"):
+            if sample.name.startswith("etcdstorage_") and not sample.name.startswith(
+                ("etcdstorage_hook_", "etcdstorage_job_")
+            ):
                 found[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return found
 
@@ -180,13 +180,14 @@ def named_metrics(expression: str) -> set[str]:
 def test_the_example_prometheus_rule_parses_and_names_only_metrics_that_exist() -> None:
     app = create_app(Settings(), clock=Clock())
     sync(app, reported())
-    exported = {name for name, _ in samples(app)}
+    exported = {name for name, _ in samples(app)} | set(job_gauges(app))
     assert exported >= {
         f"etcdstorage_certificate_{t}_timestamp_seconds" for t in ("not_after", "not_before", "renewal")
     }
     named = set().union(*(named_metrics(expression) for expression in rule_expressions()))
-    assert named - KUBE_STATE_METRICS <= exported, named - KUBE_STATE_METRICS - exported
+    assert named <= exported, named - exported  # the hook's own metrics only
     assert "etcdstorage_ready_status" in named
+    assert "etcdstorage_job_last_success_timestamp_seconds" in named
     assert "etcdstorage_sync_timestamp_seconds" in named
 
 
@@ -195,3 +196,34 @@ def test_the_metric_name_check_catches_a_misspelt_metric() -> None:
         "etcdstorage_ready_state"
     }
     assert metrics.EXPIRY_INTERVALS == 3  # the rule's comment says three resync periods
+
+
+def job_gauges(app: Any) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(get(app, "/metrics").text)
+        for sample in family.samples
+        if sample.name.startswith("etcdstorage_job_")
+    }
+
+
+def test_the_jobs_last_run_and_last_success_come_from_its_record_as_a_sync_sees_it() -> None:
+    app = create_app(Settings(), clock=Clock())
+    assert set(job_gauges(app).values()) == {0.0}  # no record seen yet
+    record = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": names.JOB_STATUS_CONFIGMAP, "namespace": names.DEFAULT_CONTROLLER_NAMESPACE},
+        "data": {names.JOB_LAST_RUN_KEY: "2026-12-01T12:05:00Z", names.JOB_LAST_EXIT_KEY: "1",
+                 names.JOB_LAST_SUCCESS_KEY: "2026-12-01T12:00:00Z"},
+    }  # fmt: skip
+    key = f"{names.DEFAULT_CONTROLLER_NAMESPACE}/{names.JOB_STATUS_CONFIGMAP}"
+    sync(app, sync_request(etcdstorage("a"), related={"ConfigMap.v1": {key: record}}))
+    assert job_gauges(app) == {
+        "etcdstorage_job_last_run_timestamp_seconds": datetime(2026, 12, 1, 12, 5, tzinfo=UTC).timestamp(),
+        "etcdstorage_job_last_success_timestamp_seconds": datetime(2026, 12, 1, 12, tzinfo=UTC).timestamp(),
+    }
+    # A record that does not parse changes nothing: the gauges keep what they had.
+    record["data"] = {names.JOB_LAST_RUN_KEY: "yesterday"}
+    sync(app, sync_request(etcdstorage("a"), related={"ConfigMap.v1": {key: record}}))
+    assert job_gauges(app)["etcdstorage_job_last_run_timestamp_seconds"] == datetime(
+        2026, 12, 1, 12, 5, tzinfo=UTC).timestamp()  # fmt: skip

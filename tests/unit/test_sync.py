@@ -380,6 +380,12 @@ def test_customize_asks_for_the_tenants_ca_configmap_and_the_objects_of_its_chil
             {"apiVersion": "apps/v1", "resource": "deployments", "namespace": NS, "names": proxy},
             {"apiVersion": "v1", "resource": "services", "namespace": NS, "names": proxy},
             {"apiVersion": "policy/v1", "resource": "poddisruptionbudgets", "namespace": NS, "names": proxy},
+            {
+                "apiVersion": "v1",
+                "resource": "configmaps",
+                "namespace": NS,
+                "names": ["etcdstorage-cert-rotation-status"],
+            },
         ]
     }
 
