@@ -5,11 +5,11 @@ server, `spec.consumers`), as one annotation on the tenant's `<N>-ca-cert`; the 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from etcdstorage import names
+from etcdstorage import annotated, names
 
 
 class ConsumerState(BaseModel):
@@ -30,27 +30,11 @@ class ConsumerState(BaseModel):
 _STATES: TypeAdapter[list[ConsumerState]] = TypeAdapter(list[ConsumerState])
 
 
-class ConsumersReportError(ValueError):
-    """The annotation is there but does not parse."""
-
-
 def to_annotations(states: Sequence[ConsumerState]) -> dict[str, str]:
     written = [state.model_dump() for state in states]
     return {names.ANNOTATION_CONSUMERS: json.dumps(written, sort_keys=True, separators=(",", ":"))}
 
 
 def from_annotations(annotations: object) -> list[ConsumerState] | None:
-    """The consumers' states, None when the job wrote none; `ConsumersReportError` when it cannot be read."""
-    if not isinstance(annotations, Mapping) or names.ANNOTATION_CONSUMERS not in annotations:
-        return None
-    text = annotations[names.ANNOTATION_CONSUMERS]
-    if not isinstance(text, str):
-        raise ConsumersReportError(f"annotation {names.ANNOTATION_CONSUMERS} is not a string")
-    try:
-        return _STATES.validate_json(text)
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(step) for step in first["loc"])[:100]
-        raise ConsumersReportError(
-            f"annotation {names.ANNOTATION_CONSUMERS} does not parse: {where}: {first['msg']}"
-        ) from None
+    """The consumers' states, None when the job wrote none; `annotated.AnnotationError` when they cannot be read."""
+    return annotated.parsed(annotations, names.ANNOTATION_CONSUMERS, _STATES)

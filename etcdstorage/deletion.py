@@ -8,11 +8,10 @@ lets the EtcdStorage go only when a deletion for this very object (its uid) coun
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, TypeAdapter
 
-from etcdstorage import names
+from etcdstorage import annotated, names
 from etcdstorage.times import rfc3339
 
 
@@ -34,8 +33,7 @@ class KeyDeletion(BaseModel):
         return self.remaining == 0 and not self.problem
 
 
-class DeletionReportError(ValueError):
-    """The annotation is there but does not parse."""
+_DELETION: TypeAdapter[KeyDeletion] = TypeAdapter(KeyDeletion)
 
 
 def to_annotations(deletion: KeyDeletion) -> dict[str, str]:
@@ -45,17 +43,5 @@ def to_annotations(deletion: KeyDeletion) -> dict[str, str]:
 
 
 def from_annotations(annotations: object) -> KeyDeletion | None:
-    """The last attempt, None when the job has made none; `DeletionReportError` when it cannot be read."""
-    if not isinstance(annotations, Mapping) or names.ANNOTATION_KEY_DELETION not in annotations:
-        return None
-    text = annotations[names.ANNOTATION_KEY_DELETION]
-    if not isinstance(text, str):
-        raise DeletionReportError(f"annotation {names.ANNOTATION_KEY_DELETION} is not a string")
-    try:
-        return KeyDeletion.model_validate_json(text)
-    except ValidationError as error:
-        first = error.errors(include_url=False)[0]
-        where = ".".join(str(step) for step in first["loc"])[:100]
-        raise DeletionReportError(
-            f"annotation {names.ANNOTATION_KEY_DELETION} does not parse: {where}: {first['msg']}"
-        ) from None
+    """The last attempt, None when the job has made none; `annotated.AnnotationError` when it cannot be read."""
+    return annotated.parsed(annotations, names.ANNOTATION_KEY_DELETION, _DELETION)

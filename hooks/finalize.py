@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from etcdstorage import deletion, names
+from etcdstorage import annotated, deletion, names
 from etcdstorage.settings import Settings
 from etcdstorage.spec import EtcdStorage
 from etcdstorage.times import rfc3339
@@ -32,7 +32,7 @@ def answer(
     annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
     try:
         attempt = deletion.from_annotations(annotations or {})
-    except deletion.DeletionReportError as error:
+    except annotated.AnnotationError as error:
         attempt, unreadable = None, str(error)
     else:
         unreadable = ""

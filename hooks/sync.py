@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from etcdstorage import consumers, names, report, spec
+from etcdstorage import annotated, consumers, names, report, spec
 from etcdstorage.settings import Settings
 from hooks import applied, children, finalize, status
 from hooks.wire import (
@@ -82,7 +82,7 @@ def _consumers(request: SyncRequest, tenant: spec.EtcdStorage, settings: Setting
     try:
         reported = consumers.from_annotations(annotations or {}) or []
         problem = "not looked at by the cert-rotation job yet"
-    except consumers.ConsumersReportError as error:
+    except annotated.AnnotationError as error:
         reported, problem = [], str(error)
     found = {(state.kind, state.namespace, state.name): state for state in reported}
     shown = []
