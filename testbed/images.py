@@ -1,12 +1,14 @@
 """Container images for the e2e node, made here without a registry or Docker: OCI image archives (an OCI layout in a
 tar: one gzip layer, a config, a manifest, an index) that `ctr -n k8s.io images import` loads under a given name.
 
-Two images: the tenant proxy, from the same static build as tenant-proxy/Dockerfile (scripts/build-tenant-proxy) on
-an empty base, run as 65532; and the pod sandbox's pause, a static C program (testbed/pause.c). Archives are
+Three images: the tenant proxy, from the same static build as tenant-proxy/Dockerfile (scripts/build-tenant-proxy) on
+an empty base, run as 65532; the pod sandbox's pause, a static C program (testbed/pause.c); and the Kubernetes
+sample-apiserver of the node's e2e scenario (testbed/binaries/build-sample-apiserver.sh), run as 65532. Archives are
 byte-for-byte reproducible: fixed timestamps and owners, sorted entries.
 
     python -m testbed.images proxy build/images/proxy.tar [--name NAME] [--binary PATH]
     python -m testbed.images pause build/images/pause.tar [--name NAME]
+    python -m testbed.images sample-apiserver build/images/sample-apiserver.tar --binary PATH [--name NAME]
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ REPO: Final = Path(__file__).resolve().parents[1]
 BUILD_TENANT_PROXY: Final = REPO / "scripts" / "build-tenant-proxy"
 PAUSE_SOURCE: Final = Path(__file__).resolve().parent / "pause.c"
 PAUSE_NAME: Final = "localhost/etcdstorage-e2e/pause:1"  # a stand-in of registry.k8s.io/pause, named as ours
+SAMPLE_APISERVER_NAME: Final = "localhost/etcdstorage-e2e/sample-apiserver:1"  # built here from k8s.io/sample-apiserver
+SAMPLE_APISERVER_USER: Final = "65532:65532"  # no root needed: it listens above 1024 and writes only its cert dir
 PROXY_USER: Final = "65532:65532"  # as tenant-proxy/Dockerfile
 PAUSE_USER: Final = "65535:65535"  # as registry.k8s.io/pause
 EPOCH: Final = 0  # every timestamp in an archive, so the same inputs give the same bytes
@@ -176,7 +180,7 @@ def write_archive(image: Image, path: Path) -> Path:
     return path
 
 
-# --- The two images -------------------------------------------------------------------------------------------------
+# --- The images -------------------------------------------------------------------------------------------------
 
 
 def build_tenant_proxy(output: Path) -> Path:
@@ -218,6 +222,14 @@ def pause_archive(path: Path, *, name: str = PAUSE_NAME) -> Path:
         return write_archive(Image(name=name, binary=binary, user=PAUSE_USER), path)
 
 
+def sample_apiserver_archive(path: Path, binary: Path, *, name: str = SAMPLE_APISERVER_NAME) -> Path:
+    """The sample-apiserver's image as an OCI archive, from a static binary (build-sample-apiserver.sh's)."""
+    with tempfile.TemporaryDirectory(prefix="etcdstorage-image-") as scratch:
+        if binary.name != "sample-apiserver":
+            binary = _renamed(binary, Path(scratch) / "sample-apiserver")
+        return write_archive(Image(name=name, binary=binary, user=SAMPLE_APISERVER_USER, ports=(8443,)), path)
+
+
 def _renamed(binary: Path, target: Path) -> Path:
     """A copy of `binary` named `target` (the entrypoint is named after the file)."""
     target.write_bytes(binary.read_bytes())
@@ -226,17 +238,25 @@ def _renamed(binary: Path, target: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.images", description=__doc__.split("\n\n")[0])
-    parser.add_argument("image", choices=["proxy", "pause"])
+    parser.add_argument("image", choices=["proxy", "pause", "sample-apiserver"])
     parser.add_argument("output", type=Path, help="the OCI archive to write")
-    parser.add_argument("--name", help=f"the image reference (default: {PROXY_NAME} or {PAUSE_NAME})")
-    parser.add_argument("--binary", type=Path, help="proxy only: a tenant-proxy already built")
+    parser.add_argument(
+        "--name", help=f"the image reference (default: {PROXY_NAME}, {PAUSE_NAME} or {SAMPLE_APISERVER_NAME})"
+    )
+    parser.add_argument(
+        "--binary", type=Path, help="proxy: a tenant-proxy already built; sample-apiserver: its binary (required)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.image == "proxy":
             path = proxy_archive(args.output, name=args.name or PROXY_NAME, binary=args.binary)
+        elif args.image == "sample-apiserver":
+            if args.binary is None:
+                parser.error("sample-apiserver needs --binary (testbed/binaries/build-sample-apiserver.sh prints it)")
+            path = sample_apiserver_archive(args.output, args.binary, name=args.name or SAMPLE_APISERVER_NAME)
         else:
             if args.binary is not None:
-                parser.error("--binary is for the proxy image only")
+                parser.error("--binary is not for the pause image")
             path = pause_archive(args.output, name=args.name or PAUSE_NAME)
     except ImageError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import errno
 import ipaddress
+import itertools
 import json
 import os
 import shutil
@@ -30,11 +31,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from kubernetes import client as k8s
 
 from testbed import harness, images, processes
 
@@ -600,6 +602,7 @@ class Node:
     pod_subnet: str
     directory: Path
     processes: Sequence[processes.Process]  # containerd, kubelet, kube-controller-manager, kube-scheduler
+    binaries: Binaries
 
     def logs(self) -> str:
         """The last lines of every process's log, for a failing test's message."""
@@ -627,6 +630,11 @@ class Node:
         metadata = pod["metadata"]
         directory = f"{metadata['namespace']}_{metadata['name']}_{metadata['uid']}"
         return Layout(self.directory).pod_logs / directory / container / f"{restart}.log"
+
+    def import_image(self, archive: Path) -> None:
+        """Load one more OCI image archive (`testbed.images`) into the node's containerd, as the start loads the
+        pause and proxy images: pods name it with `imagePullPolicy: Never` (no registry here)."""
+        _ctr(self.binaries, Layout(self.directory), "images", "import", str(archive))
 
 
 @contextlib.contextmanager
@@ -725,6 +733,7 @@ def _start_node(
         pod_subnet=POD_SUBNET,
         directory=layout.directory,
         processes=[containerd, kubelet, *controllers],
+        binaries=binaries,
     )
     try:
         processes.wait_for(lambda: _node_ready(plane), what=f"node {NODE_NAME} Ready", timeout=timeout)
@@ -737,6 +746,57 @@ def _start_node(
 def relay(port: int, *, host: str = harness.LOOPBACK) -> Iterator[int]:
     """A TCP relay from the node IP to `host:port` (the control plane listens on loopback only, which a pod's own
     loopback hides): pods connect to NODE_IP at the port yielded. Stopped, with its connections, after the block."""
+    with _relay(lambda: (host, port)) as listening:
+        yield listening
+
+
+SERVICE_REFRESH: Final = 0.2  # seconds between two reads of a `service`'s pods
+
+
+@contextlib.contextmanager
+def service(plane: harness.ControlPlane, namespace: str, selector: str, port: int) -> Iterator[int]:
+    """What kube-proxy would do for a Service, which this node cannot run (no iptables): a TCP relay from the node IP
+    (the port yielded) to `port` of the Ready pods that `selector` picks in `namespace`, round robin per connection.
+    Terminating pods get no new connection, their open ones stay, as with kube-proxy. The pods are read every
+    SERVICE_REFRESH seconds; with none Ready, a connection is closed at once (kube-proxy rejects it)."""
+    ready: list[str] = []
+    done = threading.Event()
+    turn = itertools.count()
+
+    def follow() -> None:
+        with plane.api_client() as api_client:
+            api = k8s.CoreV1Api(api_client)
+            while not done.wait(SERVICE_REFRESH):
+                with contextlib.suppress(Exception):  # the API server busy: keep the last known pods
+                    pods = api.list_namespaced_pod(namespace, label_selector=selector).items
+                    ready[:] = sorted(address for pod in pods if (address := _serving(pod)))
+
+    def upstream() -> tuple[str, int] | None:
+        current = list(ready)
+        return (current[next(turn) % len(current)], port) if current else None
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    try:
+        with _relay(upstream) as listening:
+            yield listening
+    finally:
+        done.set()
+        follower.join(5)
+
+
+def _serving(pod: k8s.V1Pod) -> str:
+    """The pod's IP if kube-proxy would send it new connections (Ready, not terminating), else ""."""
+    if pod.status is None or pod.metadata is None or pod.metadata.deletion_timestamp is not None:
+        return ""
+    ready = any(condition.type == "Ready" and condition.status == "True" for condition in pod.status.conditions or [])
+    return str(pod.status.pod_ip or "") if ready else ""
+
+
+@contextlib.contextmanager
+def _relay(upstream: Callable[[], tuple[str, int] | None]) -> Iterator[int]:
+    """A TCP relay from the node IP (the port yielded) to the address `upstream` names for each new connection (None:
+    the connection is closed). Stopped, with its connections, after the block."""
     listener = socket.create_server((NODE_IP, 0))
     connections: list[socket.socket] = [listener]
 
@@ -751,13 +811,19 @@ def relay(port: int, *, host: str = harness.LOOPBACK) -> Iterator[int]:
         while True:
             try:
                 client, _ = listener.accept()
-                upstream = socket.create_connection((host, port), timeout=5)
             except OSError:
-                return  # the listener was closed (or the upstream is gone: the client sees a reset)
-            upstream.settimeout(None)
-            connections.extend((client, upstream))
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=pipe, args=(source, target), daemon=True).start()
+                return  # the listener was closed
+            try:
+                if (address := upstream()) is None:
+                    raise OSError("no upstream")
+                target = socket.create_connection(address, timeout=5)
+            except OSError:
+                client.close()  # the upstream is gone: the client sees the connection closed
+                continue
+            target.settimeout(None)
+            connections.extend((client, target))
+            for source, sink in ((client, target), (target, client)):
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()

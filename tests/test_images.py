@@ -70,3 +70,25 @@ def test_the_same_binary_gives_the_same_archive_and_another_binary_another(tmp_p
 )
 def test_references_are_qualified_as_containerd_stores_them(reference: str, stored: str) -> None:
     assert images.fully_qualified(reference) == stored
+
+
+def test_the_sample_apiserver_image_runs_its_binary_as_65532_whatever_the_file_was_called(tmp_path: Path) -> None:
+    built = tmp_path / "cache" / "sample-apiserver-v0.36.3-built"
+    built.parent.mkdir()
+    built.write_bytes(b"\x7fELF the sample-apiserver")
+    archive = images.sample_apiserver_archive(tmp_path / "sample.tar", built)
+    with tarfile.open(archive) as tar:
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+        [entry] = index["manifests"]
+        manifest = json.loads(_blob(tar, entry))
+        config = json.loads(_blob(tar, manifest["config"]))
+        layer = _blob(tar, manifest["layers"][0])
+    assert entry["annotations"]["io.containerd.image.name"] == images.SAMPLE_APISERVER_NAME
+    assert config["config"]["Entrypoint"] == ["/sample-apiserver"]
+    assert config["config"]["User"] == "65532:65532"
+    (tmp_path / "layer.tar.gz").write_bytes(layer)
+    with tarfile.open(tmp_path / "layer.tar.gz") as files:
+        [member] = files.getmembers()
+        content = files.extractfile(member)
+        assert content is not None
+        assert (member.name, content.read()) == ("sample-apiserver", b"\x7fELF the sample-apiserver")
