@@ -42,12 +42,14 @@ def going(
                           f'--patch={{"metadata":{{"finalizers":["{FINALIZER}"]}}}}')  # fmt: skip
         with installed.core.client() as core:
             for index in range(30):
-                core.put(prefix + f"registry/wardle.example.com/flunders/f{index}".encode(), b"flunder")
+                core.put(prefix + f"registry/example.com/widgets/w{index}".encode(), b"widget")
         installed.kubectl("delete", "etcdstorage", name, "--wait=false")
         yield name, prefix
     finally:
         installed.kubectl("patch", "etcdstorage", name, "--type=merge", '--patch={"metadata":{"finalizers":null}}')
         installed.kubectl("delete", "etcdstorage", name, "--ignore-not-found")
+        with installed.core.client() as core:  # what a test kept (Retain, a failed deletion) goes: others scan the core
+            core.delete_range(prefix, prefix[:-1] + b"0")
 
 
 def finalize(plane: harness.ControlPlane, hook: httpx.Client, name: str) -> Body:
