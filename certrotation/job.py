@@ -22,7 +22,7 @@ from etcdstorage import names
 from etcdstorage import settings as settings_module
 from etcdstorage.settings import Settings
 from etcdstorage.spec import EtcdStorage, InvalidSpec, parse
-from etcdstorage.times import rfc3339
+from etcdstorage.times import parse_rfc3339, rfc3339
 
 EXIT_OK: Final = 0
 EXIT_FAILURES: Final = 1  # some tenant, or the core etcd client certificate, needs the operator; the rest was done
@@ -134,11 +134,8 @@ def _record_run(api: kube.Api, settings: Settings, now: datetime, code: int, lis
 
 def _recent(recorded: object, now: datetime) -> bool:
     """Whether a recorded run time is less than `RECORD_EVERY` before `now`."""
-    try:
-        when = datetime.strptime(str(recorded), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return False
-    return timedelta(0) <= now - when < RECORD_EVERY
+    when = parse_rfc3339(recorded)
+    return when is not None and timedelta(0) <= now - when < RECORD_EVERY
 
 
 def _tenant(

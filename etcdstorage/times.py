@@ -12,3 +12,13 @@ def rfc3339(value: datetime) -> str:
     """
     utc = value.astimezone(UTC)
     return f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
+
+
+def parse_rfc3339(value: object) -> datetime | None:
+    """The time `rfc3339` wrote, None for anything else (not a string, or not that form)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None

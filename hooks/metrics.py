@@ -18,6 +18,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Gauge
 
 from etcdstorage import names
+from etcdstorage.times import parse_rfc3339
 from hooks import status
 
 EXPIRY_INTERVALS: Final = 3  # resync intervals without a sync before an object's series go
@@ -98,15 +99,7 @@ class TenantMetrics:
             (names.JOB_LAST_RUN_KEY, self.job_last_run),
             (names.JOB_LAST_SUCCESS_KEY, self.job_last_success),
         ):
-            value = data.get(key)
-            try:
-                when = (
-                    datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-                    if isinstance(value, str)
-                    else None
-                )
-            except ValueError:
-                when = None
+            when = parse_rfc3339(data.get(key))
             if when is not None:
                 gauge.set(when.timestamp())
 
